@@ -1,0 +1,111 @@
+"""Images in and out of the model: safe decoding, the model's geometry, tensor conversion.
+
+Every picture the model sees (source photo, target photo, skeleton) goes through
+`ModelGeometry`, so a photo and its keypoints are fitted to the model's resolution by the
+same transform (pad, never stretch), and the square encoder inputs are derived from that
+fitted picture in turn.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .poses import Keypoints, fit_image, render_skeleton
+
+# A catalog photo is a few megapixels; anything far beyond that is a decompression bomb or a
+# mistake, and decoding it would take the worker's memory with it.
+MAX_IMAGE_PIXELS = 64_000_000
+MIN_IMAGE_SIDE = 16
+
+PHOTO_FILL = (255, 255, 255)  # catalog photos sit on a light background
+SKELETON_FILL = (0, 0, 0)  # skeletons are drawn on black
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes to RGB, with one clear error naming `name` for anything unusable."""
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InputError(f"{name}: image is {width}x{height}, over the {MAX_IMAGE_PIXELS} pixel limit")
+            image.load()
+            rgb = image.convert("RGB")
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{name}: image too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        raise InputError(f"{name}: image is {rgb.width}x{rgb.height}, smaller than {MIN_IMAGE_SIDE} px on a side")
+    return rgb
+
+
+def load_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    return decode_image(data, str(path))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor (3, H, W) in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Float tensor (B, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
+    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in array]
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """The model's pixel frame (height x width) and how every input is put into it."""
+
+    height: int
+    width: int
+
+    def photo(self, image: Image.Image) -> Image.Image:
+        return fit_image(image, self.width, self.height, mode="pad", fill=PHOTO_FILL)
+
+    def keypoints(self, keypoints: Keypoints) -> Keypoints:
+        return keypoints.fitted(self.width, self.height, mode="pad")
+
+    def skeleton(self, keypoints: Keypoints) -> Image.Image:
+        return render_skeleton(self.keypoints(keypoints))
+
+    def photo_tensor(self, image: Image.Image) -> torch.Tensor:
+        """The photo at model resolution in [-1, 1], as the VAE takes it."""
+        return pil_to_tensor(self.photo(image)) * 2 - 1
+
+    def skeleton_tensor(self, keypoints: Keypoints) -> torch.Tensor:
+        """The skeleton at model resolution in [0, 1], as the pose embedding takes it."""
+        return pil_to_tensor(self.skeleton(keypoints))
+
+
+def square_encoder_input(
+    fitted: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...], fill: tuple[int, int, int]
+) -> torch.Tensor:
+    """A model-resolution picture padded to the square `size` an image encoder takes, normalised.
+
+    Padding the already-fitted picture keeps one geometry: the encoders see the same framing
+    as the diffusion model, only with more border.
+    """
+    square = fit_image(fitted, size, size, mode="pad", fill=fill)
+    pixels = pil_to_tensor(square)
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

@@ -1,0 +1,127 @@
+"""Named model configurations.
+
+A preset is the architecture of every component as plain JSON-able dicts, the same dicts
+that a model directory stores in its config files:
+- `tiny`: the full FPDM architecture at toy size (a few million parameters, 64x48 px),
+  random-initialised from a fixed seed; tests and CPU smoke runs use it;
+- `fpdm-sd21`: the production architecture of FPDM.md (SD 2.1 UNet/VAE layout, ViT-L/14
+  fusion encoder, DINOv2-L/14 source encoder at 512x512). Its weights come from `assemble`
+  (public SD 2.1, CLIP and DINOv2 checkpoints) followed by training, never from the preset.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .errors import InputError
+
+_DDIM_SD = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+TINY = {
+    "name": "tiny",
+    "resolution": [64, 48],
+    "seed": 0,
+    "fusion": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "projection_dim": 32,
+        "hidden_dim": 32,
+        "dropout": 0.5,
+    },
+    "source_encoder": {
+        "timm_model": "vit_small_patch14_dinov2",
+        "image_size": 32,
+        "timm_overrides": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+    },
+    "source_projector": {"in_dim": 32, "hidden_dim": 32, "out_dim": 64, "dropout": 0.1},
+    "pose_embedding": {"out_channels": 64, "block_out_channels": [8, 16, 32, 32]},
+    "unet": {
+        "sample_size": [8, 6],
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [64, 128],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "layers_per_block": 1,
+        "cross_attention_dim": 64,
+        "attention_head_dim": 8,
+        "norm_num_groups": 16,
+        "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": 32,
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [32, 64, 64, 64],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 8,
+        "sample_size": 64,
+    },
+    "scheduler": dict(_DDIM_SD),
+}
+
+FPDM_SD21 = {
+    "name": "fpdm-sd21",
+    "resolution": [512, 352],
+    "seed": 0,
+    "fusion": {
+        "embed_dim": 768,
+        "vision_cfg": {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14},
+        "projection_dim": 768,
+        "hidden_dim": 768,
+        "dropout": 0.5,
+    },
+    "source_encoder": {"timm_model": "vit_large_patch14_dinov2", "image_size": 512},
+    "source_projector": {"in_dim": 1024, "hidden_dim": 768, "out_dim": 1024, "dropout": 0.1},
+    "pose_embedding": {"out_channels": 320, "block_out_channels": [16, 32, 96, 256]},
+    "unet": {  # stabilityai/stable-diffusion-2-1 unet/config.json, plus the class embedding
+        "sample_size": [64, 44],
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "layers_per_block": 2,
+        "cross_attention_dim": 1024,
+        "attention_head_dim": [5, 10, 20, 20],
+        "use_linear_projection": True,
+        "upcast_attention": True,
+        "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": 768,
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "sample_size": 768,
+    },
+    "scheduler": dict(_DDIM_SD, prediction_type="v_prediction"),
+}
+
+PRESETS = {"tiny": TINY, "fpdm-sd21": FPDM_SD21}
+# Presets whose random initialisation is useful as a model (tests, smoke runs). The
+# production preset at random weights would only render noise slowly.
+RANDOM_INIT_PRESETS = {"tiny"}
+
+
+def preset_config(name: str) -> dict:
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
