@@ -102,6 +102,7 @@ def fusion_loss(
     each source's own embedding is an extra positive for itself, and adds an L1 pull of the
     fused embedding towards the source embedding.
     """
+    pairs = len(target)
     if source_enhanced:
         target = torch.cat([target, source])
         fused = torch.cat([fused, source])
@@ -109,12 +110,14 @@ def fusion_loss(
     similarity = F.cosine_similarity(target[:, None, :], fused[None, :, :], dim=-1) / temperature
     labels = torch.arange(len(similarity), device=similarity.device)
     loss = F.cross_entropy(similarity, labels) + l1_weight * (source - fused).abs().mean()
-    top1, top5 = retrieval_accuracy(similarity.detach())
+    # Accuracy over the real pairs only: the source-enhanced rows retrieve themselves trivially.
+    top1, top5 = retrieval_accuracy(similarity.detach()[:pairs])
     return FusionLoss(loss, top1, top5)
 
 
 def retrieval_accuracy(similarity: torch.Tensor) -> tuple[float, float]:
-    """Top-1 / top-5 accuracy of retrieving the diagonal (the positive) in each row."""
+    """Top-1 / top-5 accuracy of retrieving the diagonal (the positive) in each row; rows may
+    be fewer than columns (queries against a larger candidate set)."""
     positive = similarity.diagonal()[:, None]
     rank = (similarity > positive).sum(dim=1)  # how many candidates beat the positive
     return (rank < 1).float().mean().item(), (rank < 5).float().mean().item()
