@@ -169,6 +169,8 @@ class FPDMPipeline:
             index = json.loads(index_file.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"{index_file}: unreadable ({exc})") from None
+        if not isinstance(index, dict) or "resolution" not in index:
+            raise InputError(f"{index_file}: no 'resolution' field")
         if index.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{index_file}: format_version {index.get('format_version')!r}, expected {FORMAT_VERSION}")
         parts = {}
@@ -392,16 +394,25 @@ def _load_component(path: Path, part: str) -> torch.nn.Module:
     if not any(folder.glob("*.safetensors")):
         raise InputError(f"{path}: part {part!r} has no safetensors weights")
     try:
-        return NEURAL_COMPONENTS[part].from_pretrained(
-            folder, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+        module, loading = NEURAL_COMPONENTS[part].from_pretrained(
+            folder, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False, output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"{path}: part {part!r} could not be loaded ({exc})") from None
+    # diffusers only logs missing keys and leaves those tensors uninitialised: refuse instead.
+    problems = {kind: loading.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if loading.get(kind)}
+    if problems:
+        detail = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(map(str, keys[:3]))}" for kind, keys in problems.items())
+        raise InputError(f"{path}: part {part!r} does not match its config ({detail})")
+    return module
 
 
 def _load_scheduler(path: Path):
     config_file = path / "scheduler" / "scheduler_config.json"
     if not config_file.is_file():
         raise InputError(f"{path}: model directory is missing part 'scheduler' (scheduler/scheduler_config.json)")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise InputError(f"{config_file}: unreadable ({exc})") from None
     return _scheduler_class(config.get("_class_name", "DDIMScheduler")).from_pretrained(path / "scheduler")

@@ -1,5 +1,6 @@
 """Sampling: three-branch guidance, seeds, batch invariance, save/load, source reuse."""
 
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -181,3 +182,20 @@ def test_inputs_of_any_aspect_ratio_are_padded_not_stretched(pipe):
     # 4:1 photo in a 48 px wide frame: 12 px tall band of red, centred, white above and below
     assert 10 <= len(set(red_rows)) <= 13
     assert fitted[0, 24].tolist() == [255, 255, 255]
+
+
+def test_a_model_directory_with_a_missing_tensor_is_refused(pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from model_core.errors import InputError
+
+    pipe.save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors.pop("conv_out.weight")
+    save_file(tensors, weights)
+    with pytest.raises(InputError, match=r"part 'unet' does not match its config \(missing keys: conv_out.weight"):
+        FPDMPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    shutil.rmtree(tmp_path / "model" / "vae")
+    with pytest.raises(InputError, match="missing part 'vae'"):
+        FPDMPipeline.from_pretrained(tmp_path / "model", device="cpu")

@@ -1,0 +1,510 @@
+"""Assemble a trainable FPDM model directory from public checkpoints.
+
+`assemble` takes the three public starting points of FPDM.md and writes a model directory
+(the `FPDMPipeline.save_pretrained` format) that training starts from:
+
+- a Stable Diffusion 2.1 diffusers folder (unet/, vae/, scheduler/): the UNet gets the FPDM
+  projection class embedding (new, randomly initialised) and keeps every SD weight; the VAE
+  and the scheduler are taken as they are;
+- an open_clip CLIP checkpoint file: its `visual.*` tower becomes the fusion image encoder
+  (the Combiner is new);
+- a timm checkpoint file of the source encoder (DINOv2 ViT as timm names it, or an open_clip
+  timm tower under `visual.trunk.`), its position embedding resampled to the preset's size.
+
+The source projector and the pose embedding are new, from the preset. Foreign files are read
+as safetensors or with `torch.load(weights_only=True)`: nothing from outside is unpickled
+beyond plain tensors and containers. Every bad input is an `InputError` naming the file or
+the part.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from timm.layers import resample_abs_pos_embed
+
+from .errors import InputError
+from .fusion import FusionModel
+from .pipeline_fpdm import FPDMPipeline
+from .presets import preset_config
+from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Containers that training scripts wrap a state dict in, unwrapped in this order.
+WRAPPER_KEYS = ("state_dict", "model", "module")
+CLASS_EMBEDDING_PREFIX = "class_embedding."
+# diffusers' file names for a model folder's weights, in the order diffusers prefers them.
+DIFFUSERS_WEIGHTS = (
+    ("diffusion_pytorch_model.safetensors", True),
+    ("diffusion_pytorch_model.safetensors.index.json", True),
+    ("diffusion_pytorch_model.bin", False),
+    ("diffusion_pytorch_model.bin.index.json", False),
+)
+MAX_LISTED_KEYS = 6
+
+
+def assemble(
+    out: Path,
+    sd_dir: Path,
+    clip_checkpoint: Path,
+    source_checkpoint: Path,
+    preset: str = "fpdm-sd21",
+    name: str | None = None,
+    quick_gelu: bool | None = None,
+) -> Path:
+    """Write a model directory at `out` from public SD 2.1, open_clip CLIP and timm checkpoints.
+
+    `preset` gives the FPDM-specific parts (fusion Combiner, source encoder architecture,
+    source projector, pose embedding, resolution); the UNet, VAE and scheduler come from
+    `sd_dir`. `quick_gelu` overrides the preset's fusion-encoder activation: OpenAI's CLIP
+    weights were trained with QuickGELU (open_clip's `-quickgelu` models), LAION's with GELU;
+    the file cannot tell which. `out` must not exist yet (or be an empty folder); it is
+    written completely or not at all. Returns `out`.
+    """
+    out, sd_dir = Path(out), Path(sd_dir)
+    clip_checkpoint, source_checkpoint = Path(clip_checkpoint), Path(source_checkpoint)
+    config = preset_config(preset)
+    if quick_gelu is not None:
+        config["fusion"]["quick_gelu"] = bool(quick_gelu)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: already exists and is not an empty folder; assemble writes a new model directory")
+
+    # Everything that can be checked without reading weights, before reading gigabytes.
+    unet_dir, vae_dir, scheduler_dir = _sd_parts(sd_dir)
+    unet_config = _with_defaults(UNet2DConditionModel, _read_json(unet_dir / "config.json"))
+    vae_config = _with_defaults(AutoencoderKL, _read_json(vae_dir / "config.json"))
+    for path in (clip_checkpoint, source_checkpoint):
+        _check_checkpoint_file(path)
+    sample_size = _check_parts_fit(config, unet_config, vae_config, sd_dir)
+    scheduler = _load_scheduler(scheduler_dir)
+
+    with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's RNG is left alone
+        torch.manual_seed(config.get("seed", 0))
+        fusion = FusionModel(**config["fusion"])
+        source_encoder = SourceEncoder(**config["source_encoder"])
+        source_projector = SourceProjector(**config["source_projector"])
+        pose_embedding = PoseEmbedding(**config["pose_embedding"])
+        # The encoders' checkpoints first: they are smaller than the UNet, so a wrong file fails sooner.
+        _load_clip_tower(fusion, clip_checkpoint)
+        _load_source_encoder(source_encoder, source_checkpoint)
+        unet = _load_unet(unet_dir, config["fusion"]["embed_dim"], sample_size)
+        vae = _load_vae(vae_dir)
+
+    pipe = FPDMPipeline(
+        fusion=fusion,
+        source_encoder=source_encoder,
+        source_projector=source_projector,
+        pose_embedding=pose_embedding,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        resolution=tuple(config["resolution"]),
+        name=name or out.name,
+    )
+    return _write_atomically(pipe, out)
+
+
+# ----- the SD 2.1 folder -----------------------------------------------------------------
+
+
+def _sd_parts(sd_dir: Path) -> tuple[Path, Path, Path]:
+    if not sd_dir.is_dir():
+        raise InputError(f"{sd_dir}: no such folder (expected a Stable Diffusion diffusers folder with unet/, vae/, scheduler/)")
+    parts = []
+    for part, config_name in (("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json")):
+        if not (sd_dir / part / config_name).is_file():
+            raise InputError(
+                f"{sd_dir}: not a Stable Diffusion diffusers folder: missing {part}/{config_name} "
+                "(expected unet/, vae/ and scheduler/ subfolders)"
+            )
+        parts.append(sd_dir / part)
+    return tuple(parts)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable config ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config must be a JSON object")
+    return data
+
+
+def _with_defaults(model_class, config: dict) -> dict:
+    """A diffusers config as the model will see it: keys it leaves out take the defaults."""
+    parameters = inspect.signature(model_class.__init__).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return {**defaults, **config}
+
+
+def _check_parts_fit(config: dict, unet_config: dict, vae_config: dict, sd_dir: Path) -> list[int]:
+    """The preset's FPDM parts must fit the SD UNet/VAE and each other; returns the UNet's
+    sample size (latent height, width) for the preset's resolution."""
+    problems = []
+    unet_class = unet_config.get("_class_name", "UNet2DConditionModel")
+    if unet_class != "UNet2DConditionModel":
+        problems.append(f"unet/config.json is a {unet_class}, not a UNet2DConditionModel")
+    cross_attention_dim = unet_config.get("cross_attention_dim")
+    block_out_channels = unet_config.get("block_out_channels") or [None]
+    projector, pose = config["source_projector"], config["pose_embedding"]
+    if projector["out_dim"] != cross_attention_dim:
+        problems.append(
+            f"the source projector's out_dim {projector['out_dim']} is not the UNet's cross_attention_dim {cross_attention_dim}"
+        )
+    if pose["out_channels"] != block_out_channels[0]:
+        problems.append(
+            f"the pose embedding's out_channels {pose['out_channels']} is not the UNet's first block width {block_out_channels[0]}"
+        )
+    with torch.device("meta"):  # the architecture only, no memory
+        encoder_width = SourceEncoder(**config["source_encoder"]).hidden_size
+    if projector["in_dim"] != encoder_width:
+        problems.append(
+            f"the source projector's in_dim {projector['in_dim']} is not the source encoder's width {encoder_width} "
+            f"({config['source_encoder']['timm_model']})"
+        )
+    latent_channels = vae_config.get("latent_channels")
+    if latent_channels != unet_config.get("in_channels") or latent_channels != unet_config.get("out_channels"):
+        problems.append(
+            f"the VAE's latent_channels {latent_channels} does not match the UNet's in/out channels "
+            f"{unet_config.get('in_channels')}/{unet_config.get('out_channels')}"
+        )
+    scale = 2 ** (len(vae_config.get("block_out_channels") or [0]) - 1)
+    height, width = config["resolution"]
+    if height % scale or width % scale:
+        problems.append(f"the resolution {height}x{width} is not a multiple of the VAE's downsampling factor {scale}")
+    if problems:
+        raise InputError(f"{sd_dir} does not fit preset {config['name']!r}: " + "; ".join(problems))
+    return [height // scale, width // scale]
+
+
+def _weights_files(folder: Path) -> tuple[list[Path], bool]:
+    """The weight files of a diffusers model folder (the ones diffusers loads) and whether
+    they are safetensors."""
+    for file_name, safetensors in DIFFUSERS_WEIGHTS:
+        path = folder / file_name
+        if not path.is_file():
+            continue
+        if not file_name.endswith(".index.json"):
+            return [path], safetensors
+        weight_map = _read_json(path).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise InputError(f"{path}: a shard index without a weight_map")
+        shards = sorted({folder / shard for shard in weight_map.values()})
+        for shard in shards:
+            if not shard.is_file():
+                raise InputError(f"{path}: names shard {shard.name}, which is missing")
+        return shards, safetensors
+    raise InputError(f"{folder}: no weights (diffusion_pytorch_model.safetensors or .bin)")
+
+
+@contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers warns that the class embedding is 'newly initialized'; that is the point."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def _load_unet(unet_dir: Path, class_embed_dim: int, sample_size: list[int]) -> UNet2DConditionModel:
+    files, safetensors = _weights_files(unet_dir)
+    try:
+        with _quiet_diffusers():
+            unet, info = UNet2DConditionModel.from_pretrained(
+                unet_dir,
+                class_embed_type="projection",
+                projection_class_embeddings_input_dim=class_embed_dim,
+                sample_size=sample_size,
+                use_safetensors=safetensors,
+                low_cpu_mem_usage=False,
+                local_files_only=True,
+                output_loading_info=True,
+            )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise InputError(f"{unet_dir}: the UNet could not be loaded ({exc})") from None
+    new_keys = {key for key in unet.state_dict() if key.startswith(CLASS_EMBEDDING_PREFIX)}
+    if not new_keys:
+        raise InputError(f"{unet_dir}/config.json: the UNet did not take a projection class embedding")
+    missing = set(info["missing_keys"]) - new_keys
+    _raise_on_key_problems(
+        unet_dir / files[0].name if len(files) == 1 else unet_dir,
+        "the UNet",
+        missing,
+        set(info["unexpected_keys"]),
+        [f"{key}: file {tuple(a)}, model {tuple(b)}" for key, a, b in info["mismatched_keys"]],
+    )
+    # from_pretrained builds the model with initialisation switched off, so the keys it does not
+    # find (the class embedding) are uninitialised memory (NaN, 1e19, ...): initialise them.
+    for module in unet.class_embedding.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    _verify_unet_weights(unet, files, safetensors, new_keys)
+    return unet
+
+
+def _verify_unet_weights(unet: UNet2DConditionModel, files: list[Path], safetensors: bool, new_keys: set[str]) -> None:
+    """Every UNet tensor except the class embedding equals the SD file's, read independently of
+    diffusers (tensor by tensor, so the check costs little memory)."""
+    expected = {key: value for key, value in unet.state_dict().items() if key not in new_keys}
+    seen = set()
+    for path in files:
+        for key, tensor in _iter_tensors(path, safetensors):
+            if key in new_keys:
+                raise InputError(f"{path}: already has the class-embedding weight {key!r}; this is not a plain SD UNet")
+            if key not in expected:
+                raise InputError(f"{path}: weight {key!r} is not part of the UNet")
+            if tensor.shape != expected[key].shape or not torch.equal(expected[key], tensor.to(expected[key].dtype)):
+                raise InputError(f"{path}: the UNet's {key!r} did not load from the file (shape or values differ)")
+            seen.add(key)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise InputError(
+            f"{files[0].parent}: the UNet weights lack {_listed(missing)}; diffusers would leave them uninitialised"
+        )
+    for key in new_keys:
+        if not torch.isfinite(unet.state_dict()[key]).all():  # pragma: no cover - guards the initialisation above
+            raise RuntimeError(f"UNet class embedding {key} is not finite after initialisation")
+
+
+def _iter_tensors(path: Path, safetensors: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    if safetensors:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    yield key, handle.get_tensor(key)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any unreadable foreign file is bad input
+            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
+        return
+    yield from _state_dict(path, _torch_load(path, mmap=True)).items()
+
+
+def _load_vae(vae_dir: Path) -> AutoencoderKL:
+    files, safetensors = _weights_files(vae_dir)
+    try:
+        with _quiet_diffusers():
+            vae, info = AutoencoderKL.from_pretrained(
+                vae_dir, use_safetensors=safetensors, low_cpu_mem_usage=False, local_files_only=True, output_loading_info=True
+            )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise InputError(f"{vae_dir}: the VAE could not be loaded ({exc})") from None
+    _raise_on_key_problems(
+        vae_dir,
+        "the VAE",
+        set(info["missing_keys"]),
+        set(info["unexpected_keys"]),
+        [f"{key}: file {tuple(a)}, model {tuple(b)}" for key, a, b in info["mismatched_keys"]],
+    )
+    return vae
+
+
+def _load_scheduler(scheduler_dir: Path):
+    config_file = scheduler_dir / "scheduler_config.json"
+    class_name = _read_json(config_file).get("_class_name")
+    scheduler_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
+    if scheduler_class is None or not hasattr(scheduler_class, "from_pretrained"):
+        raise InputError(f"{config_file}: unknown diffusers scheduler class {class_name!r}")
+    try:
+        return scheduler_class.from_pretrained(scheduler_dir, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{config_file}: the scheduler could not be built ({exc})") from None
+
+
+# ----- foreign checkpoint files ----------------------------------------------------------
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise InputError(f"{path}: not a checkpoint file kind this reads ({', '.join(CHECKPOINT_SUFFIXES)})")
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file, or from a torch file read with
+    `weights_only=True` (tensors and plain containers only), unwrapped from
+    {"state_dict": ...}-style containers and DDP's "module." prefixes."""
+    path = Path(path)
+    _check_checkpoint_file(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            data = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - any unreadable foreign file is bad input
+            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
+    else:
+        data = _torch_load(path)
+    return _state_dict(path, data)
+
+
+def _torch_load(path: Path, mmap: bool = False):
+    if mmap:  # zip-format files only; anything else is read the ordinary way below
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - refused (arbitrary objects) or unreadable: bad input either way
+        raise InputError(f"{path}: refused: {_torch_load_reason(exc)}") from None
+
+
+def _torch_load_reason(exc: Exception) -> str:
+    """torch's message, without its advice to retry with weights_only=False (never do that here)."""
+    message = str(exc)
+    if "TorchScript" in message:
+        return (
+            "a TorchScript archive (like OpenAI's original CLIP release) is not a state dict; "
+            "use a plain state-dict checkpoint (open_clip publishes open_clip_pytorch_model.bin)"
+        )
+    if "Weights only load failed" in message:
+        detail = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else ""
+        detail = " ".join(detail.split("Check the documentation")[0].split("Please use `torch.serialization")[0].split())
+        return (
+            "the file pickles objects other than tensors, and torch.load(weights_only=True) does not unpickle "
+            "them (arbitrary objects are never loaded)" + (f": {detail}" if detail else "")
+        )
+    first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return f"not a readable torch checkpoint with torch.load(weights_only=True) ({first_line})"
+
+
+def _state_dict(path: Path, data) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(data, Mapping) and not all(isinstance(v, torch.Tensor) for v in data.values()):
+            wrapped = next((data[key] for key in WRAPPER_KEYS if isinstance(data.get(key), Mapping)), None)
+            if wrapped is None:
+                break
+            data = wrapped
+    if not isinstance(data, Mapping):
+        raise InputError(f"{path}: holds a {type(data).__name__}, not a state dict")
+    tensors = {
+        (key[len("module."):] if key.startswith("module.") else key): value
+        for key, value in data.items()
+        if isinstance(key, str) and isinstance(value, torch.Tensor)
+    }
+    if not tensors:
+        raise InputError(f"{path}: no tensors found (expected a state dict, maybe under 'state_dict')")
+    return tensors
+
+
+def _listed(keys) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > MAX_LISTED_KEYS else "")
+
+
+def _raise_on_key_problems(path: Path, part: str, missing, unexpected, mismatched: list[str]) -> None:
+    problems = []
+    if missing:
+        problems.append(f"missing {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_listed(unexpected)}")
+    if mismatched:
+        shown = "; ".join(sorted(mismatched)[:MAX_LISTED_KEYS])
+        problems.append(f"{len(mismatched)} shape mismatch(es): {shown}" + ("; ..." if len(mismatched) > MAX_LISTED_KEYS else ""))
+    if problems:
+        raise InputError(f"{path}: does not fit {part}: " + "; ".join(problems))
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
+    expected = module.state_dict()
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)}, model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    _raise_on_key_problems(path, part, set(expected) - set(state), set(state) - set(expected), mismatched)
+    module.load_state_dict(state, strict=True)
+
+
+# ----- the fusion encoder (open_clip) ------------------------------------------------------
+
+
+def _load_clip_tower(fusion: FusionModel, path: Path) -> None:
+    state = read_checkpoint(path)
+    visual = {key[len("visual."):]: value for key, value in state.items() if key.startswith("visual.")}
+    if not visual:
+        hint = ""
+        if any(key.startswith("vision_model.") for key in state):
+            hint = " (this looks like a Hugging Face transformers CLIP checkpoint; use open_clip's open_clip_pytorch_model.bin)"
+        raise InputError(f"{path}: no 'visual.*' weights: not an open_clip CLIP checkpoint{hint}")
+    _load_strict(fusion.image_encoder, visual, path, "the fusion image encoder (open_clip visual tower)")
+
+
+# ----- the source encoder (timm) -----------------------------------------------------------
+
+
+def _load_source_encoder(encoder: SourceEncoder, path: Path) -> None:
+    backbone = encoder.backbone
+    state = read_checkpoint(path)
+    trunk = "visual.trunk."
+    if any(key.startswith(trunk) for key in state):  # open_clip's timm towers
+        state = {key[len(trunk):]: value for key, value in state.items() if key.startswith(trunk)}
+    # Parts the frozen feature extractor does not have: DINOv2's masked-modelling token, and a
+    # classifier head (with its pooling norm) when the backbone is built without one.
+    state.pop("mask_token", None)
+    if isinstance(getattr(backbone, "head", None), torch.nn.Identity):
+        state = {key: value for key, value in state.items() if not key.startswith("head.")}
+    if isinstance(getattr(backbone, "fc_norm", None), torch.nn.Identity):
+        state = {key: value for key, value in state.items() if not key.startswith("fc_norm.")}
+    if "pos_embed" in state and getattr(backbone, "pos_embed", None) is not None:
+        state["pos_embed"] = _resampled_pos_embed(backbone, state["pos_embed"], path)
+    _load_strict(backbone, state, path, f"the source encoder ({encoder.config.timm_model})")
+
+
+def _resampled_pos_embed(backbone: torch.nn.Module, pos_embed: torch.Tensor, path: Path) -> torch.Tensor:
+    """A checkpoint's absolute position embedding on the backbone's patch grid (DINOv2 ships
+    518 px = 37x37 patches; 512 px is 36x36)."""
+    target = backbone.pos_embed
+    if pos_embed.shape == target.shape:
+        return pos_embed
+    prefix = 0 if getattr(backbone, "no_embed_class", False) else getattr(backbone, "num_prefix_tokens", 1)
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or pos_embed.shape[2] != target.shape[2]:
+        return pos_embed  # another width: not a grid difference; the strict load names every mismatch
+    patches = pos_embed.shape[1] - prefix
+    side = math.isqrt(max(patches, 0))
+    if patches <= 0 or side * side != patches:
+        raise InputError(f"{path}: pos_embed has {pos_embed.shape[1]} positions, not {prefix} + a square grid of patches")
+    return resample_abs_pos_embed(
+        pos_embed.float(),
+        new_size=list(backbone.patch_embed.grid_size),
+        old_size=[side, side],
+        num_prefix_tokens=prefix,
+    ).to(pos_embed.dtype)
+
+
+# ----- writing -----------------------------------------------------------------------------
+
+
+def _write_atomically(pipe: FPDMPipeline, out: Path) -> Path:
+    """Write next to `out`, then rename: a failure leaves no half-written model directory."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(staging)
+        if out.exists():
+            out.rmdir()  # checked empty above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
