@@ -1,0 +1,1 @@
+"""Prefect flows that schedule and run catalog jobs; they call pipeline, never the other way."""

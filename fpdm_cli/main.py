@@ -1,0 +1,64 @@
+"""Entry point of `fpdm`: builds the parser from the command modules, runs the chosen command,
+and turns bad input into one error line with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from fpdm_cli import model_commands
+from model_core.errors import InputError
+
+# Every module here has `register(subparsers)`, which adds its commands and sets `run` on each
+# to the function that carries it out. Later issues add theirs (validate, poses, qc, run).
+COMMAND_MODULES = (model_commands,)
+
+# argparse exits 2 on a usage error; a bad input file is the same kind of mistake.
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fpdm",
+        description="FPDM Catalog: new photos of a catalog garment in other poses.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the output to what fpdm prints: no library info logs or known import warnings."""
+    # diffusers (and transformers, if something pulls it in) read these when first imported,
+    # which happens inside the commands, after this. setdefault leaves an explicit
+    # DIFFUSERS_VERBOSITY=info of someone debugging alone.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # timm and open_clip warn about their own deprecated import paths on import.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|open_clip)(\.|$)")
+
+
+def report_error(message: str) -> int:
+    # One line, whatever the message carries (some quote an underlying library's error).
+    one_line = " ".join(message.splitlines())
+    print(f"fpdm: error: {one_line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except InputError as error:
+        return report_error(str(error))
+    except FileNotFoundError as error:
+        return report_error(f"{error.filename}: {error.strerror}" if error.filename else str(error))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The `fpdm` command line, run as a user runs it: a separate process, exit code, stdout, stderr."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO_ROOT / "manifests" / "example"
+EXAMPLE_SOURCE = EXAMPLE / "source.png"
+FRONT_POSE = EXAMPLE / "poses" / "front.json"
+WALK_POSE = EXAMPLE / "poses" / "walk.json"
+
+# Small enough for a CPU in seconds; two poses and two samples exercise the batching and naming.
+QUICK_GENERATE = ["--steps", "2", "--samples", "2", "--seed", "7", "--device", "cpu"]
+
+
+def run_fpdm(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fpdm_cli.main", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected_in_message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fpdm: error: "), lines[0]
+    for expected in expected_in_message:
+        assert expected in lines[0], lines[0]
+
+
+def generate_example(model: str | Path, out: Path) -> subprocess.CompletedProcess:
+    return run_fpdm(
+        "generate", "--model", model, "--source", EXAMPLE_SOURCE,
+        "--pose", FRONT_POSE, "--pose", WALK_POSE, "--out", out, *QUICK_GENERATE,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_generation(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("generate_tiny")
+    return generate_example("tiny", out), out
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory) -> Path:
+    model_dir = tmp_path_factory.mktemp("models") / "tiny"
+    result = run_fpdm("model", "save-preset", "tiny", model_dir)
+    assert result.returncode == 0, result.stderr
+    return model_dir
+
+
+def test_generate_writes_one_png_per_pose_and_sample_and_prints_them(tiny_generation):
+    result, out = tiny_generation
+    assert result.returncode == 0, result.stderr
+    expected = [out / name for name in ("front_s0.png", "front_s1.png", "walk_s0.png", "walk_s1.png")]
+    assert result.stdout.split() == [str(path) for path in expected]
+    assert sorted(out.iterdir()) == sorted(expected)
+    for path in expected:
+        assert path.read_bytes().startswith(b"\x89PNG")
+    # Samples of one pose start from different noise.
+    assert (out / "front_s0.png").read_bytes() != (out / "front_s1.png").read_bytes()
+
+
+def test_saved_preset_generates_the_same_images_as_the_preset(tiny_generation, saved_tiny, tmp_path):
+    preset_result, preset_out = tiny_generation
+    assert preset_result.returncode == 0, preset_result.stderr
+    result = generate_example(saved_tiny, tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("front_s0.png", "front_s1.png", "walk_s0.png", "walk_s1.png"):
+        assert (tmp_path / name).read_bytes() == (preset_out / name).read_bytes(), name
+
+
+def test_poses_sharing_a_file_stem_get_distinct_outputs(tmp_path):
+    other_front = tmp_path / "other" / "front.json"
+    other_front.parent.mkdir()
+    shutil.copy(WALK_POSE, other_front)
+    out = tmp_path / "out"
+    result = run_fpdm(
+        "generate", "--source", EXAMPLE_SOURCE, "--pose", FRONT_POSE, "--pose", other_front,
+        "--out", out, "--steps", "1", "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["front-1_s0.png", "front-2_s0.png"]
+
+
+def test_unreadable_source_image_is_one_error_line_naming_it(tmp_path):
+    not_an_image = tmp_path / "photo.jpg"
+    not_an_image.write_text("this is text, not a JPEG\n")
+    result = run_fpdm("generate", "--source", not_an_image, "--pose", FRONT_POSE, "--out", tmp_path / "out")
+    assert_one_error_line(result, str(not_an_image))
+
+
+def test_keypoint_file_of_unknown_format_is_one_error_line_naming_it(tmp_path):
+    unknown_format = tmp_path / "pose.yaml"
+    unknown_format.write_text("nose: [1, 2]\n")
+    result = run_fpdm("generate", "--source", EXAMPLE_SOURCE, "--pose", unknown_format, "--out", tmp_path / "out")
+    assert_one_error_line(result, str(unknown_format))
+
+
+def test_model_directory_missing_a_part_is_one_error_line_naming_the_part(saved_tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny, broken)
+    shutil.rmtree(broken / "unet")
+    result = run_fpdm("generate", "--model", broken, "--source", EXAMPLE_SOURCE, "--pose", FRONT_POSE, "--out", tmp_path / "out")
+    assert_one_error_line(result, str(broken), "unet")
+
+
+def test_model_info_prints_parameter_counts():
+    result = run_fpdm("model", "info", "tiny")
+    assert result.returncode == 0, result.stderr
+    for part in ("fusion", "source_encoder", "source_projector", "pose_embedding", "unet", "vae"):
+        assert any(line.split()[:1] == [part] and "parameters" in line for line in result.stdout.splitlines()), part
+    assert "DDIMScheduler" in result.stdout
+
+
+def test_model_info_of_a_directory_prints_a_weights_hash(saved_tiny):
+    result = run_fpdm("model", "info", saved_tiny)
+    assert result.returncode == 0, result.stderr
+    assert "weights sha256: " in result.stdout
+
+
+def test_pairs_csv_without_a_required_column_is_one_error_line_naming_it(tmp_path):
+    pairs = tmp_path / "bad.csv"
+    pairs.write_text("source_image,target_image\nsource.png,target.png\n")
+    result = run_fpdm("train", "fusion", "--pairs", pairs, "--model", "tiny", "--out", tmp_path / "run")
+    assert_one_error_line(result, "target_pose")
+
+
+def test_usage_errors_exit_2():
+    assert run_fpdm("generate", "--source", EXAMPLE_SOURCE).returncode == 2  # no --pose, no --out
+    assert run_fpdm("generate", "--source", EXAMPLE_SOURCE, "--pose", FRONT_POSE, "--out", "x", "--steps", "0").returncode == 2
+
+
+def test_deepfashion_keypoints_are_read_on_the_source_photos_canvas(deepfashion_dir, tmp_path):
+    # A .txt pose has no canvas of its own: it is scaled to the source photo (750x1101 here).
+    garment = "MEN/Tees_Tanks/id_00004047"
+    result = run_fpdm(
+        "generate", "--source", deepfashion_dir / "img" / garment / "01_1_front.jpg",
+        "--pose", deepfashion_dir / "pose" / garment / "01_2_side.txt",
+        "--out", tmp_path, "--steps", "1", "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "01_2_side_s0.png")]
