@@ -21,7 +21,7 @@ TRAIN_FUSION_OPTIONS = (
 )
 TRAIN_DIFFUSION_OPTIONS = (
     "stage2_only", "max_steps", "epochs", "batch_size", "gradient_accumulation", "learning_rate",
-    "checkpoint_every", "resume", "device", "seed",
+    "warmup_steps", "checkpoint_every", "resume", "device", "seed",
 )
 
 # safetensors dtype codes, named as torch names them.
@@ -183,6 +183,10 @@ def register_train(subparsers) -> None:
     )
     diffusion.add_argument(
         "--grad-accum", dest="gradient_accumulation", type=positive_int, metavar="N", help="gradient accumulation steps"
+    )
+    diffusion.add_argument(
+        "--warmup-steps", dest="warmup_steps", type=non_negative_int, metavar="N",
+        help="linear learning-rate warm-up (default 500; lower it for short runs)",
     )
     add_common_train_options(diffusion)
     diffusion.set_defaults(run=run_train_diffusion)
