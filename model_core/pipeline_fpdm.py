@@ -220,10 +220,12 @@ class FPDMPipeline:
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "FPDMPipeline":
         self.device, self.dtype = device, dtype or self.dtype
-        for module in self.modules().values():
+        for name, module in self.modules().items():
+            # SD VAEs overflow to NaN in float16; the VAE stays float32 then (bf16 is fine).
+            dtype = torch.float32 if name == "vae" and self.dtype == torch.float16 else self.dtype
             module.to(self.device)
-            if module.dtype != self.dtype:
-                module.to(self.dtype)
+            if module.dtype != dtype:
+                module.to(dtype)
         if device.type == "cuda":
             self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA kernels
         return self
@@ -366,7 +368,8 @@ class FPDMPipeline:
             noise = self.predict_noise(model_input, t, context, pose_residual, fusion, guidance_scale)
             latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
 
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample.float().clamp(-1, 1)
+        latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
+        images = self.vae.decode(latents).sample.float().clamp(-1, 1)
         images = images.view(jobs, samples, *images.shape[1:])
         if output_type == "pt":
             return images

@@ -154,8 +154,11 @@ class _Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / LOG_FILE
         self.resume_from = latest_checkpoint(self.out) if resume else None
-        if not resume and self.log_path.exists():
-            self.log_path.unlink()  # a fresh run starts a fresh log
+        if not resume and latest_checkpoint(self.out) is not None:
+            # A later --resume would pick up the old run's newer checkpoints: refuse to mix runs.
+            raise InputError(f"{self.out}: holds checkpoints of an earlier run; use --resume, or another --out")
+        if self.resume_from is None and self.log_path.exists():
+            self.log_path.unlink()  # nothing to resume from: a fresh run starts a fresh log
 
     def load_state(self, optimizer, lr_scheduler) -> int:
         """Restore optimiser and LR schedule; return the number of steps already done."""
@@ -255,9 +258,10 @@ def train_fusion(
             result = fusion_loss(source.float(), target.float(), fused.float(), temperature, l1_weight, source_enhanced)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
+        learning_rate_used = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
-        record = {"step": step, "loss": result.loss.item(), "top1": result.top1, "top5": result.top5, "lr": lr_scheduler.get_last_lr()[0]}
+        record = {"step": step, "loss": result.loss.item(), "top1": result.top1, "top5": result.top5, "lr": learning_rate_used}
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
@@ -272,11 +276,14 @@ def fusion_retrieval_accuracy(pipe: FPDMPipeline, pairs: str | Path) -> tuple[fl
     from .fusion import retrieval_accuracy
 
     data = PairTensors(read_pairs(pairs), pipe)
-    batch = data.batch(list(range(len(data))), pipe.device)
     fusion = pipe.fusion.eval()
-    fused = fusion.fuse(fusion.embed(batch["source_clip"]), fusion.embed(batch["pose_clip"]))
-    target = F.normalize(fusion.embed(batch["target_clip"]), dim=-1)
-    return retrieval_accuracy(target @ fused.T)
+    fused, target = [], []
+    for start in range(0, len(data), 64):
+        batch = data.batch(list(range(start, min(start + 64, len(data)))), pipe.device)
+        batch = {key: value.to(pipe.dtype) for key, value in batch.items()}
+        fused.append(fusion.fuse(fusion.embed(batch["source_clip"]), fusion.embed(batch["pose_clip"])).float())
+        target.append(F.normalize(fusion.embed(batch["target_clip"]).float(), dim=-1))
+    return retrieval_accuracy(torch.cat(target) @ torch.cat(fused).T)
 
 
 # ----- stage 2 ---------------------------------------------------------------------------
@@ -342,9 +349,10 @@ def train_diffusion(
             (loss / gradient_accumulation).backward()
             step_loss += loss.item() / gradient_accumulation
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        learning_rate_used = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
-        record = {"step": step, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}
+        record = {"step": step, "loss": step_loss, "lr": learning_rate_used}
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)

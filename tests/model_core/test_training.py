@@ -103,3 +103,43 @@ def test_pairs_csv_problems_are_named(tmp_path, pairs_csv):
     excel = pairs_csv.parent / "excel.csv"
     excel.write_text("\ufeffsource_image, target_image ,target_pose\n p000_0.png,p000_1.png,p000_1.json\n,,\n", encoding="utf-8")
     assert len(read_pairs(excel)) == 1
+
+
+@pytest.mark.parametrize("dropout", [1.0, 0.0])
+def test_condition_dropout_zeroes_what_sampling_zeroes(pairs_csv, tmp_path, monkeypatch, dropout):
+    """Guidance's unconditional branch feeds the UNet zero context, zero pose residual and a
+    zero fusion embedding; dropout must teach the model exactly those inputs."""
+    import model_core.training as training
+
+    seen = []
+    real_denoise = training.denoise
+
+    def recording_denoise(unet, latents, timesteps, context, pose_residual, fusion):
+        seen.append((context.detach().clone(), pose_residual.detach().clone(), fusion.detach().clone()))
+        return real_denoise(unet, latents, timesteps, context, pose_residual, fusion)
+
+    monkeypatch.setattr(training, "denoise", recording_denoise)
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    with torch.no_grad():  # a fresh pose embedding outputs zeros anyway; make it visible
+        pipe.pose_embedding.embedding.conv_out.weight.normal_()
+    pipe.save_pretrained(tmp_path / "model")
+    train_diffusion(tmp_path / "model", pairs_csv, tmp_path / "out", max_steps=1, batch_size=4,
+                    gradient_accumulation=1, warmup_steps=0, condition_dropout=dropout, device="cpu")
+    (context, pose_residual, fusion), = seen
+    for tensor in (context, pose_residual, fusion):
+        per_sample = tensor.flatten(1).abs().sum(dim=1)
+        assert (per_sample == 0).all() if dropout == 1.0 else (per_sample > 0).all()
+
+
+def test_a_fresh_run_refuses_an_output_with_old_checkpoints_and_resume_without_one_starts_fresh(pairs_csv, tmp_path):
+    settings = dict(max_steps=2, batch_size=4, gradient_accumulation=1, warmup_steps=0, checkpoint_every=1, device="cpu")
+    train_diffusion("tiny", pairs_csv, tmp_path / "out", **settings)
+    assert (tmp_path / "out" / "checkpoint-000001").is_dir()
+    with pytest.raises(InputError, match="checkpoints of an earlier run"):
+        train_diffusion("tiny", pairs_csv, tmp_path / "out", **settings)
+
+    # --resume where a log exists but no checkpoint does: a fresh start with a fresh log
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "train_log.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
+    train_diffusion("tiny", pairs_csv, tmp_path / "other", resume=True, **settings)
+    assert [r["loss"] != 9.0 for r in _log(tmp_path / "other")] == [True, True]
