@@ -90,19 +90,23 @@ def read_pairs(csv_path: str | Path) -> list[Pair]:
 class PairTensors:
     """Turns pairs into the tensors both stages train on, in the model's geometry.
 
-    Decoded pairs are kept in memory: the trainers visit each pair once per epoch and small
-    training sets are the ones trained on CPU, where decoding would dominate.
+    Small sets (the ones trained on CPU, where decoding would dominate) are kept in memory
+    once decoded; a DeepFashion-sized set would not fit, so larger sets are decoded per visit.
     """
+
+    CACHE_LIMIT = 2048  # pairs; at 512x352 that is about 20 GB of float32 tensors
 
     def __init__(self, pairs: list[Pair], pipe: FPDMPipeline):
         self.pairs = pairs
         self.pipe = pipe
-        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._cache: dict[int, dict[str, torch.Tensor]] | None = {} if len(pairs) <= self.CACHE_LIMIT else None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def item(self, index: int) -> dict[str, torch.Tensor]:
+        if self._cache is None:
+            return self._prepare(self.pairs[index])
         if index not in self._cache:
             self._cache[index] = self._prepare(self.pairs[index])
         return self._cache[index]
