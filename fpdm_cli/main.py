@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(str(error))
     except FileNotFoundError as error:
         return report_error(f"{error.filename}: {error.strerror}" if error.filename else str(error))
+    except BrokenPipeError:
+        # The reader went away (`fpdm model info DIR | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

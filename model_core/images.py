@@ -43,7 +43,9 @@ def decode_image(data: bytes, name: str) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise InputError(f"{name}: image too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image in a format Pillow reads (JPEG, PNG, WebP, ...)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit

@@ -1,0 +1,49 @@
+"""Safe image decoding: every unusable image is one InputError naming it."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from model_core.errors import InputError
+from model_core.images import MAX_IMAGE_PIXELS, decode_image, load_image
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_a_good_photo_decodes_to_rgb():
+    image = decode_image(_encoded(Image.new("L", (40, 60), 128), "PNG"), "grey.png")
+    assert image.mode == "RGB" and image.size == (40, 60)
+
+
+def test_a_one_pixel_image_is_refused():
+    with pytest.raises(InputError, match=r"dot.png: image is 1x1"):
+        decode_image(_encoded(Image.new("RGB", (1, 1)), "PNG"), "dot.png")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_decompression_bomb_is_refused_before_decoding():
+    side = int(MAX_IMAGE_PIXELS**0.5) + 100
+    bomb = _encoded(Image.new("1", (side, side)), "PNG")  # a few kB that would decode to ~64 Mpx
+    assert len(bomb) < 200_000
+    with pytest.raises(InputError, match=r"bomb.png: image is \d+x\d+, over the"):
+        decode_image(bomb, "bomb.png")
+
+
+def test_a_truncated_jpeg_is_refused():
+    jpeg = _encoded(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    with pytest.raises(InputError, match=r"cut.jpg: not a readable image"):
+        decode_image(jpeg[: len(jpeg) // 2], "cut.jpg")
+
+
+def test_text_and_missing_files_are_refused_with_their_names(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match=r"notes.jpg: not an image in a format"):
+        load_image(text)
+    with pytest.raises(InputError, match=r"absent.png: cannot read image"):
+        load_image(tmp_path / "absent.png")
