@@ -1,0 +1,155 @@
+"""Reading and writing catalog files on S3 (`s3://bucket/key`) or local disk, one interface.
+
+S3 goes through boto3's own configuration only: the default credential chain, and
+`AWS_ENDPOINT_URL` for S3-compatible stores (MinIO, a test server), so nothing here is
+specific to one provider. Retries are boto3's adaptive mode. Local writes are atomic (a temp
+file renamed into place), so a reader never sees half a file. Errors name the URI and never
+carry credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from model_core.errors import InputError
+
+S3_SCHEME = "s3://"
+
+
+class StorageError(InputError):
+    """A URI that could not be read or written: missing object, no access, bad URI."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.key}"
+
+
+def is_s3(uri: str | Path) -> bool:
+    return str(uri).startswith(S3_SCHEME)
+
+
+def parse_s3(uri: str) -> S3Location:
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket in S3 URI")
+    return S3Location(bucket, key)
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI with '/'."""
+    base = str(base)
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+@lru_cache(maxsize=1)
+def _client():
+    import boto3
+    from botocore.config import Config
+
+    # One client per process: boto3 clients are thread-safe and costly to create.
+    return boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
+
+
+def _s3_error(uri: str, exc: Exception) -> StorageError:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return StorageError(f"{uri}: no such object")
+        if code == "NoSuchBucket":
+            return StorageError(f"{uri}: no such bucket")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StorageError(f"{uri}: access denied ({code})")
+        return StorageError(f"{uri}: S3 error {code or 'unknown'}")
+    # Connection and credential problems: the class name says what; the message may not be safe.
+    return StorageError(f"{uri}: S3 unreachable or unconfigured ({exc.__class__.__name__})")
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    uri = str(uri)
+    if is_s3(uri):
+        location = parse_s3(uri)
+        try:
+            return _client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+        except Exception as exc:  # botocore raises many unrelated classes
+            raise _s3_error(uri, exc) from None
+    try:
+        return Path(uri).read_bytes()
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: no such file") from None
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot read ({exc.strerror or exc})") from None
+
+
+def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> None:
+    """Write a whole object. S3 PUTs are atomic by nature; local files go through a rename."""
+    uri = str(uri)
+    if is_s3(uri):
+        location = parse_s3(uri)
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, **extra)
+        except Exception as exc:
+            raise _s3_error(uri, exc) from None
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def exists(uri: str | Path) -> bool:
+    uri = str(uri)
+    if not is_s3(uri):
+        return Path(uri).is_file()
+    from botocore.exceptions import ClientError
+
+    location = parse_s3(uri)
+    try:
+        _client().head_object(Bucket=location.bucket, Key=location.key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _s3_error(uri, exc) from None
+    except Exception as exc:
+        raise _s3_error(uri, exc) from None
+
+
+def list_prefix(prefix: str | Path) -> list[str]:
+    """Every file under a prefix (recursively), as full URIs or paths, sorted."""
+    prefix = str(prefix)
+    if not is_s3(prefix):
+        root = Path(prefix)
+        if not root.is_dir():
+            raise StorageError(f"{prefix}: no such folder")
+        return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+    location = parse_s3(prefix)
+    found = []
+    try:
+        for page in _client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key):
+            found += [S3Location(location.bucket, item["Key"]).uri for item in page.get("Contents", [])]
+    except Exception as exc:
+        raise _s3_error(prefix, exc) from None
+    return sorted(found)

@@ -1,0 +1,62 @@
+"""Storage over moto's S3 server and local disk: one interface, clear errors, atomic writes."""
+
+import os
+
+import pytest
+
+from pipeline import storage
+from pipeline.storage import StorageError
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_write_read_exists_list(where, s3, tmp_path):
+    root = "s3://catalog/run1" if where == "s3" else str(tmp_path / "run1")
+    uri = storage.join(root, "g1", "v1.png")
+    assert not storage.exists(uri)
+    storage.write_bytes(uri, b"\x89PNG fake", content_type="image/png")
+    storage.write_bytes(storage.join(root, "g1", "v1.json"), b"{}")
+    storage.write_bytes(storage.join(root, "g2", "v1.json"), b"{}")
+    assert storage.exists(uri)
+    assert storage.read_bytes(uri) == b"\x89PNG fake"
+    listed = storage.list_prefix(storage.join(root, "g1"))
+    assert listed == sorted([uri, storage.join(root, "g1", "v1.json")])
+    assert len(storage.list_prefix(root)) == 3
+
+
+def test_missing_object_and_bucket_are_named_and_never_leak_credentials(s3):
+    with pytest.raises(StorageError, match=r"s3://catalog/nope.jpg: no such object") as missing:
+        storage.read_bytes("s3://catalog/nope.jpg")
+    with pytest.raises(StorageError, match=r"s3://no-bucket/x.jpg: no such bucket") as no_bucket:
+        storage.read_bytes("s3://no-bucket/x.jpg")
+    for error in (missing.value, no_bucket.value):
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] not in str(error)
+        assert os.environ["AWS_ACCESS_KEY_ID"] not in str(error)
+        assert error.__cause__ is None and error.__suppress_context__  # no botocore chain in tracebacks
+
+
+def test_missing_local_file_is_named(tmp_path):
+    with pytest.raises(StorageError, match=r"absent.jpg: no such file"):
+        storage.read_bytes(tmp_path / "absent.jpg")
+    with pytest.raises(StorageError, match="no such folder"):
+        storage.list_prefix(tmp_path / "nowhere")
+
+
+def test_a_failed_local_write_leaves_the_old_file_and_no_partial(tmp_path, monkeypatch):
+    target = tmp_path / "g1" / "v1.json"
+    storage.write_bytes(target, b"complete")
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_bytes(target, b"half")
+    assert target.read_bytes() == b"complete"
+    assert [p.name for p in target.parent.iterdir()] == ["v1.json"]
+
+
+def test_join_and_parse():
+    assert storage.join("s3://b/out/", "g", "v.png") == "s3://b/out/g/v.png"
+    assert storage.parse_s3("s3://b/a/b.png") == storage.S3Location("b", "a/b.png")
+    with pytest.raises(StorageError, match="no bucket"):
+        storage.parse_s3("s3:///key")
