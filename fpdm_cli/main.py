@@ -8,12 +8,12 @@ import os
 import sys
 import warnings
 
-from fpdm_cli import model_commands
+from fpdm_cli import catalog_commands, model_commands
 from model_core.errors import InputError
 
 # Every module here has `register(subparsers)`, which adds its commands and sets `run` on each
-# to the function that carries it out. Later issues add theirs (validate, poses, qc, run).
-COMMAND_MODULES = (model_commands,)
+# to the function that carries it out; `run` may return an exit code. Later issues add theirs.
+COMMAND_MODULES = (model_commands, catalog_commands)
 
 # argparse exits 2 on a usage error; a bad input file is the same kind of mistake.
 EXIT_BAD_INPUT = 2
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        exit_code = args.run(args)  # None means success
     except InputError as error:
         return report_error(str(error))
     except FileNotFoundError as error:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`fpdm model info DIR | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
+    return exit_code or 0
 
 
 if __name__ == "__main__":

@@ -170,3 +170,22 @@ def test_train_fusion_then_diffusion_then_generate_from_the_result(tmp_path):
                          "--pose", pairs.parent / "p001_1.json", "--steps", 2, "--out", tmp_path / "images")
     assert generated.returncode == 0, generated.stderr
     assert (tmp_path / "images" / "p001_1_s0.png").is_file()
+
+
+def test_validate_exit_codes_follow_the_manifest(tmp_path):
+    good = run_fpdm("validate", REPO_ROOT / "manifests" / "example.csv")
+    assert good.returncode == 0, good.stderr
+    assert "3 valid row(s), 0 invalid" in good.stdout
+
+    bad_rows = tmp_path / "bad.csv"
+    bad_rows.write_text("garment_id,source_image,target_pose,seed\ntee-1,a.jpg,p.json,1\n../x,a.jpg,p.json,one\n")
+    listed = run_fpdm("validate", bad_rows)
+    assert listed.returncode == 1
+    assert "garment_id" in listed.stdout and "'one' is not a whole number" in listed.stdout
+    assert "1 valid row(s), 1 invalid" in listed.stdout
+
+    no_column = tmp_path / "no_column.csv"
+    no_column.write_text("garment_id,source_image\ntee-1,a.jpg\n")
+    unusable = run_fpdm("validate", no_column)
+    assert unusable.returncode == 2
+    assert unusable.stderr.strip().startswith("fpdm: error:") and "target_pose" in unusable.stderr
