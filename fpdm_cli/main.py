@@ -36,9 +36,12 @@ def quiet_libraries() -> None:
     # which happens inside the commands, after this. setdefault leaves an explicit
     # DIFFUSERS_VERBOSITY=info of someone debugging alone.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # timm and open_clip warn about their own deprecated import paths on import.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|open_clip)(\.|$)")
+    # mediapipe 0.10.14 calls a protobuf API that protobuf 4 marks deprecated.
+    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
 
 
 def report_error(message: str) -> int:

@@ -189,3 +189,20 @@ def test_validate_exit_codes_follow_the_manifest(tmp_path):
     unusable = run_fpdm("validate", no_column)
     assert unusable.returncode == 2
     assert unusable.stderr.strip().startswith("fpdm: error:") and "target_pose" in unusable.stderr
+
+
+def test_poses_detect_writes_coco18_files_and_goes_on_past_a_bad_photo(tmp_path, deepfashion_dir):
+    photos = deepfashion_dir / "img"
+    front = photos / "MEN" / "Tees_Tanks" / "id_00004047" / "01_3_back.jpg"
+    same_stem = photos / "WOMEN" / "Blouses_Shirts" / "id_00001530" / "01_3_back.jpg"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(front.read_bytes()[:2000])  # a truncated JPEG
+    result = run_fpdm("poses", "detect", front, broken, same_stem, "--out", tmp_path / "poses")
+    assert result.returncode == 1
+    assert "fpdm: error: " + str(broken) in result.stderr
+    written = sorted(p.name for p in (tmp_path / "poses").iterdir())
+    assert written == ["01_3_back-2.json", "01_3_back.json"]  # same stem, nothing overwritten
+    from model_core.poses import read_keypoints
+
+    keypoints = read_keypoints(tmp_path / "poses" / "01_3_back.json")
+    assert (keypoints.width, keypoints.height) == (750, 1101) and keypoints.visible.sum() >= 10
