@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from make_example import Look, draw_person, keypoints_for  # noqa: E402
 
 from model_core.pipeline_fpdm import FPDMPipeline  # noqa: E402
-from model_core.poses import COCO18_NAMES, Keypoints, read_keypoints  # noqa: E402
+from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, read_keypoints  # noqa: E402
 
 POSE_DIR = REPO_ROOT / "manifests" / "example" / "poses"
 GARMENT_STRIPES = (
@@ -45,15 +45,7 @@ SEED = 0
 
 def mirrored(keypoints: Keypoints) -> Keypoints:
     """The pose seen in a mirror: x flipped and left/right joints swapped."""
-    def other_side(name: str) -> str:
-        if name.startswith("right_"):
-            return "left_" + name.removeprefix("right_")
-        if name.startswith("left_"):
-            return "right_" + name.removeprefix("left_")
-        return name
-
-    index = {name: i for i, name in enumerate(COCO18_NAMES)}
-    points = keypoints.points[[index[other_side(name)] for name in COCO18_NAMES]].copy()
+    points = keypoints.points[list(LEFT_RIGHT_SWAP)].copy()
     points[:, 0] = keypoints.width - points[:, 0]
     return Keypoints(points, keypoints.width, keypoints.height)
 

@@ -92,10 +92,12 @@ def register_generate(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> None:
     from model_core.images import load_image
     from model_core.pipeline_fpdm import FPDMPipeline
+    from model_core.poses import read_keypoints
 
     # Inputs first: a bad file should fail before seconds (or minutes) of model loading.
     source = load_image(args.source)
-    poses = [read_target_pose(path, source.size) for path in args.pose]
+    # DeepFashion .txt and canvas-less OpenPose files are on the source photo's canvas.
+    poses = [read_keypoints(path, default_size=source.size) for path in args.pose]
     pipe = FPDMPipeline.from_pretrained(args.model, device=args.device)
     images_per_pose = pipe.generate(
         source,
@@ -112,32 +114,6 @@ def run_generate(args: argparse.Namespace) -> None:
             path = args.out / f"{name}_s{sample}.png"
             image.save(path)
             print(path)
-
-
-def read_target_pose(path: Path, source_size: tuple[int, int]):
-    """A target keypoint file. Files that state their canvas (coco18 JSON, OpenPose JSON with
-    canvas_width/canvas_height) are read as they are; DeepFashion .txt files and OpenPose JSON
-    without a canvas are taken to be on a canvas the size of the source photo."""
-    from model_core.poses import read_keypoints
-
-    if path.suffix.lower() == ".txt" or is_openpose_without_canvas(path):
-        return read_keypoints(path, *source_size)
-    return read_keypoints(path)
-
-
-def is_openpose_without_canvas(path: Path) -> bool:
-    if path.suffix.lower() != ".json":
-        return False
-    try:
-        content = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        return False  # read_keypoints reports what is wrong with the file
-    if not isinstance(content, dict) or "people" not in content:
-        return False
-    # The keys model_core.poses.keypoints_from_openpose looks for.
-    width = content.get("canvas_width", content.get("width"))
-    height = content.get("canvas_height", content.get("height"))
-    return width is None or height is None
 
 
 def output_names(pose_paths: list[Path]) -> list[str]:

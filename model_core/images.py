@@ -91,14 +91,6 @@ class ModelGeometry:
     def skeleton(self, keypoints: Keypoints) -> Image.Image:
         return render_skeleton(self.keypoints(keypoints))
 
-    def photo_tensor(self, image: Image.Image) -> torch.Tensor:
-        """The photo at model resolution in [-1, 1], as the VAE takes it."""
-        return pil_to_tensor(self.photo(image)) * 2 - 1
-
-    def skeleton_tensor(self, keypoints: Keypoints) -> torch.Tensor:
-        """The skeleton at model resolution in [0, 1], as the pose embedding takes it."""
-        return pil_to_tensor(self.skeleton(keypoints))
-
 
 def square_encoder_input(
     fitted: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...], fill: tuple[int, int, int]

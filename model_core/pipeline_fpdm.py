@@ -244,12 +244,10 @@ class FPDMPipeline:
     def encode_source(self, image: Image.Image) -> SourceEncoding:
         """Encode one source photo once; reuse the result for every pose of that garment."""
         fitted = self.geometry.photo(image)
-        encoder = self.source_encoder.config
-        pixels = square_encoder_input(fitted, encoder.image_size, encoder.image_mean, encoder.image_std, PHOTO_FILL)
-        tokens = self.source_encoder(self._on_device(pixels[None]))[0]
+        tokens = self.source_encoder(self._on_device(self.source_encoder_pixels(fitted)[None]))[0]
         clip_embedding = None
         if self.fusion is not None:
-            clip_embedding = self.fusion.embed(self._on_device(self._clip_pixels(fitted, PHOTO_FILL)[None]))[0]
+            clip_embedding = self.fusion.embed(self._on_device(self.clip_pixels(fitted, PHOTO_FILL)[None]))[0]
         return SourceEncoding(tokens=tokens, clip_embedding=clip_embedding)
 
     @torch.no_grad()
@@ -257,7 +255,7 @@ class FPDMPipeline:
         skeleton = self.geometry.skeleton(keypoints)
         clip_embedding = None
         if self.fusion is not None:
-            clip_embedding = self.fusion.embed(self._on_device(self._clip_pixels(skeleton, SKELETON_FILL)[None]))[0]
+            clip_embedding = self.fusion.embed(self._on_device(self.clip_pixels(skeleton, SKELETON_FILL)[None]))[0]
         return PoseEncoding(skeleton=self._on_device(pil_to_tensor(skeleton)), clip_embedding=clip_embedding)
 
     @torch.no_grad()
@@ -268,9 +266,15 @@ class FPDMPipeline:
             raise InputError("this model has no fusion part (stage-2-only)")
         return self.fusion.fuse(source.clip_embedding[None], pose.clip_embedding[None])[0]
 
-    def _clip_pixels(self, fitted: Image.Image, fill) -> torch.Tensor:
+    # The encoders' inputs, from a picture already at model resolution. Training builds its
+    # batches with these too, so the model trains on exactly what it samples with.
+    def clip_pixels(self, fitted: Image.Image, fill) -> torch.Tensor:
         config = self.fusion.config
         return square_encoder_input(fitted, self.fusion.image_size, config.image_mean, config.image_std, fill)
+
+    def source_encoder_pixels(self, fitted: Image.Image) -> torch.Tensor:
+        config = self.source_encoder.config
+        return square_encoder_input(fitted, config.image_size, config.image_mean, config.image_std, PHOTO_FILL)
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=self.device, dtype=self.dtype)

@@ -44,6 +44,10 @@ NUM_KEYPOINTS = len(COCO18_NAMES)
 
 # OpenPose's limbSeq, 0-based. The order matters: limb i is drawn in colour i, and later limbs
 # are blended over earlier ones.
+# For each COCO-18 index, the index of the same joint on the other side of the body: relabels a
+# pose as seen from behind, or (with x flipped) in a mirror.
+LEFT_RIGHT_SWAP: tuple[int, ...] = (0, 1, 5, 6, 7, 2, 3, 4, 11, 12, 13, 8, 9, 10, 15, 14, 17, 16)
+
 LIMBS: tuple[tuple[int, int], ...] = (
     (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
     (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
@@ -271,22 +275,31 @@ def _to_rgb(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 
 
-def read_keypoints(path, width: int | None = None, height: int | None = None) -> Keypoints:
+def read_keypoints(
+    path, width: int | None = None, height: int | None = None, default_size: tuple[int, int] | None = None
+) -> Keypoints:
     """Read a coco18 JSON, OpenPose JSON (.json) or DeepFashion (.txt) keypoint file.
 
     width/height: for OpenPose, the canvas the points were detected on (else taken from the
     file); for DeepFashion, the photo size to scale to (default 176x256); for coco18, the size
     the file must declare.
+    default_size: (width, height) of the canvas for files that state none (DeepFashion, OpenPose
+    without canvas_width/canvas_height); files that state theirs keep it. A target pose read
+    beside a photo passes the photo's size here.
     """
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise InputError(f"{path}: cannot read keypoint file: {error.strerror or error}") from None
-    return parse_keypoints(data, str(path), width, height)
+    return parse_keypoints(data, str(path), width, height, default_size)
 
 
 def parse_keypoints(
-    data: bytes | str, name: str, width: int | None = None, height: int | None = None
+    data: bytes | str,
+    name: str,
+    width: int | None = None,
+    height: int | None = None,
+    default_size: tuple[int, int] | None = None,
 ) -> Keypoints:
     """`read_keypoints` on content already read (e.g. from S3); `name` picks the format by its
     suffix and names the file in error messages."""
@@ -307,7 +320,7 @@ def parse_keypoints(
 
     if suffix == ".txt":
         if width is None:
-            width, height = DEEPFASHION_PHOTO_SIZE
+            width, height = default_size or DEEPFASHION_PHOTO_SIZE
         return keypoints_from_deepfashion_txt(text, width, height, source=name)
 
     try:
@@ -325,8 +338,17 @@ def parse_keypoints(
             )
         return keypoints
     if isinstance(content, dict) and "people" in content:
+        if width is None and default_size is not None and not _openpose_canvas(content):
+            width, height = default_size
         return keypoints_from_openpose(content, width, height, source=name)
     raise InputError(f"{name}: JSON is neither coco18 nor OpenPose; accepted: {ACCEPTED_FORMATS}")
+
+
+def _openpose_canvas(data: dict) -> tuple[int, int] | None:
+    """The canvas an OpenPose file states (canvas_width/canvas_height, or width/height), if any."""
+    width = data.get("canvas_width", data.get("width"))
+    height = data.get("canvas_height", data.get("height"))
+    return None if width is None or height is None else (width, height)
 
 
 def keypoints_from_openpose(
@@ -337,8 +359,7 @@ def keypoints_from_openpose(
         raise InputError(f"{source}: expected an OpenPose JSON object, got {type(data).__name__}")
 
     if width is None or height is None:
-        width = data.get("canvas_width", data.get("width"))
-        height = data.get("canvas_height", data.get("height"))
+        width, height = _openpose_canvas(data) or (None, None)
         if width is None or height is None:
             raise InputError(
                 f"{source}: OpenPose JSON has no canvas size (canvas_width/canvas_height) "

@@ -26,8 +26,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
 from .errors import InputError
-from .fusion import fusion_loss
-from .images import PHOTO_FILL, SKELETON_FILL, load_image, square_encoder_input
+from .fusion import fusion_loss, retrieval_accuracy
+from .images import PHOTO_FILL, SKELETON_FILL, load_image, pil_to_tensor
 from .pipeline_fpdm import FPDMPipeline, resolve_device
 from .poses import read_keypoints
 from .stage2 import denoise
@@ -118,23 +118,19 @@ class PairTensors:
     def _prepare(self, pair: Pair) -> dict[str, torch.Tensor]:
         geometry, pipe = self.pipe.geometry, self.pipe
         source, target = load_image(pair.source_image), load_image(pair.target_image)
-        keypoints = read_keypoints(pair.target_pose, width=target.width, height=target.height)
+        # The target photo's size is the canvas of pose files that state none (DeepFashion .txt).
+        keypoints = read_keypoints(pair.target_pose, default_size=target.size)
         source_fitted, target_fitted = geometry.photo(source), geometry.photo(target)
         skeleton = geometry.skeleton(keypoints)
-        encoder = pipe.source_encoder.config
         tensors = {
-            "target": geometry.photo_tensor(target),
-            "skeleton": geometry.skeleton_tensor(keypoints),
-            "source_encoder_pixels": square_encoder_input(
-                source_fitted, encoder.image_size, encoder.image_mean, encoder.image_std, PHOTO_FILL
-            ),
+            "target": pil_to_tensor(target_fitted) * 2 - 1,  # the VAE takes [-1, 1]
+            "skeleton": pil_to_tensor(skeleton),  # the pose embedding takes [0, 1]
+            "source_encoder_pixels": pipe.source_encoder_pixels(source_fitted),
         }
         if pipe.fusion is not None:
-            clip = pipe.fusion.config
-            size = pipe.fusion.image_size
-            tensors["source_clip"] = square_encoder_input(source_fitted, size, clip.image_mean, clip.image_std, PHOTO_FILL)
-            tensors["target_clip"] = square_encoder_input(target_fitted, size, clip.image_mean, clip.image_std, PHOTO_FILL)
-            tensors["pose_clip"] = square_encoder_input(skeleton, size, clip.image_mean, clip.image_std, SKELETON_FILL)
+            tensors["source_clip"] = pipe.clip_pixels(source_fitted, PHOTO_FILL)
+            tensors["target_clip"] = pipe.clip_pixels(target_fitted, PHOTO_FILL)
+            tensors["pose_clip"] = pipe.clip_pixels(skeleton, SKELETON_FILL)
         return tensors
 
 
@@ -277,8 +273,6 @@ def train_fusion(
 def fusion_retrieval_accuracy(pipe: FPDMPipeline, pairs: str | Path) -> tuple[float, float]:
     """Top-1 / top-5 of retrieving each pair's target among all targets by its fused
     embedding (no source-enhanced rows): stage 1's metric on held-out pairs."""
-    from .fusion import retrieval_accuracy
-
     data = PairTensors(read_pairs(pairs), pipe)
     fusion = pipe.fusion.eval()
     fused, target = [], []

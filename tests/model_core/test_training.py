@@ -143,3 +143,22 @@ def test_a_fresh_run_refuses_an_output_with_old_checkpoints_and_resume_without_o
     (tmp_path / "other" / "train_log.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
     train_diffusion("tiny", pairs_csv, tmp_path / "other", resume=True, **settings)
     assert [r["loss"] != 9.0 for r in _log(tmp_path / "other")] == [True, True]
+
+
+def test_target_poses_on_another_canvas_than_their_photo_are_accepted(pairs_csv, tmp_path):
+    """A coco18 pose file states its own canvas; it need not be the target photo's size."""
+    import json
+
+    from model_core.poses import Keypoints, read_keypoints
+    from model_core.training import PairTensors
+
+    folder = pairs_csv.parent
+    half = read_keypoints(folder / "p000_1.json")
+    points = half.points.copy()
+    points[:, :2] *= 2  # the same pose on a canvas twice the photo's size
+    (folder / "p000_1_big.json").write_text(json.dumps(Keypoints(points, half.width * 2, half.height * 2).to_json()))
+    csv = folder / "canvas.csv"
+    csv.write_text("source_image,target_image,target_pose\np000_0.png,p000_1.png,p000_1.json\np000_0.png,p000_1.png,p000_1_big.json\n")
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    data = PairTensors(read_pairs(csv), pipe)
+    assert torch.allclose(data.item(0)["skeleton"], data.item(1)["skeleton"], atol=0.02)
