@@ -139,9 +139,7 @@ def register_train(subparsers) -> None:
         help="train the stage-1 fusion model",
         description="Train the stage-1 fusion model (FPDM.md, Stage 1). Options left out take the paper's settings.",
     )
-    fusion.add_argument("--pairs", type=Path, required=True, help="pairs CSV: source_image,target_image,target_pose")
     fusion.add_argument("--model", required=True, help="preset name or model directory to start from")
-    fusion.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, final model)")
     add_common_train_options(fusion)
     fusion.set_defaults(run=run_train_fusion)
 
@@ -151,9 +149,7 @@ def register_train(subparsers) -> None:
         help="train the stage-2 diffusion model",
         description="Train the stage-2 diffusion model (FPDM.md, Stage 2). Options left out take the paper's settings.",
     )
-    diffusion.add_argument("--pairs", type=Path, required=True, help="pairs CSV: source_image,target_image,target_pose")
     diffusion.add_argument("--model", required=True, help="model directory (or preset) to start from")
-    diffusion.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, final model)")
     diffusion.add_argument(
         "--stage2-only", dest="stage2_only", action="store_true", help="train without the fusion embedding"
     )
@@ -169,6 +165,8 @@ def register_train(subparsers) -> None:
 
 
 def add_common_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", type=Path, required=True, help="pairs CSV: source_image,target_image,target_pose")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, final model)")
     parser.add_argument("--max-steps", dest="max_steps", type=positive_int, metavar="N", help="stop after this many optimiser steps")
     parser.add_argument("--epochs", type=positive_int, metavar="N", help="passes over the pairs")
     parser.add_argument("--batch-size", dest="batch_size", type=positive_int, metavar="N", help="pairs per step")
