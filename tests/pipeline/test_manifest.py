@@ -21,6 +21,7 @@ tee-009,photos/x.jpg,poses/front.json,,,,,,maybe,
 tee-010,photos/x.jpg,poses/set/,,,,,,no,
 ..,photos/x.jpg,poses/front.json,,,,,,,
 tee-011,photos/y.jpg,s3://poses/library/,,,,,,,
+_runs,photos/x.jpg,poses/front.json,,,,,,,
 """
 
 
@@ -36,6 +37,7 @@ def test_every_kind_of_row_error_is_reported_at_once_and_good_rows_survive():
         (8, "variant_id"),  # slash
         (9, "seed"), (10, "num_candidates"), (11, "steps"), (12, "guidance_scale"), (13, "enabled"),
         (15, "garment_id"),  # dots only
+        (17, "garment_id"),  # '_' prefix: the output's own folders
     }
     messages = {str(p) for p in manifest.problems}
     assert "row 7, variant_id: duplicate of row 2 (same garment_id and variant_id)" in messages
