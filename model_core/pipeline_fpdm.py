@@ -17,6 +17,7 @@ directory or builds a named preset.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 from dataclasses import dataclass
@@ -65,6 +66,25 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def model_checksum(model: str | Path) -> str:
+    """sha256 that identifies a model's weights without loading it: over every file of a model
+    directory (paths and contents), or over a random-init preset's config, whose fixed seed
+    makes it the weights. Outputs record it, so a rerun with other weights is not a skip."""
+    digest = hashlib.sha256()
+    if isinstance(model, str) and model in PRESETS and not Path(model).exists():
+        digest.update(json.dumps(preset_config(model), sort_keys=True).encode())
+        return digest.hexdigest()
+    root = Path(model)
+    if not (root / MODEL_INDEX).is_file():
+        raise InputError(f"{root}: not a model directory (no {MODEL_INDEX}) and not a preset ({', '.join(PRESETS)})")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model_core.pipeline_fpdm import FPDMPipeline, three_branch_guidance
+from model_core.errors import InputError
+from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, three_branch_guidance
 from model_core.poses import read_keypoints
 from model_core.training import without_fusion
 
@@ -200,3 +201,16 @@ def test_a_model_directory_with_a_missing_tensor_is_refused(pipe, tmp_path):
     shutil.rmtree(tmp_path / "complete" / "vae")
     with pytest.raises(InputError, match="missing part 'vae'"):
         FPDMPipeline.from_pretrained(tmp_path / "complete", device="cpu")
+
+
+def test_model_checksum_follows_the_weights_not_the_folder(pipe, tmp_path):
+    first, second = pipe.save_pretrained(tmp_path / "a"), pipe.save_pretrained(tmp_path / "b")
+    assert model_checksum(first) == model_checksum(second)  # same weights in another folder
+    assert model_checksum("tiny") == model_checksum("tiny") != model_checksum(first)
+    weights = next((second / "unet").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert model_checksum(second) != model_checksum(first)
+    with pytest.raises(InputError, match="not a model directory"):
+        model_checksum(tmp_path)
