@@ -7,7 +7,6 @@ seconds, which `fpdm --help` and the light commands of other modules should not 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -264,7 +263,7 @@ def run_save_preset(args: argparse.Namespace) -> None:
 def run_model_info(args: argparse.Namespace) -> None:
     import torch
 
-    from model_core.pipeline_fpdm import FPDMPipeline
+    from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
     from model_core.presets import PRESETS, RANDOM_INIT_PRESETS, preset_config
 
     # The rule FPDMPipeline.from_pretrained applies: a preset name, unless such a path exists.
@@ -281,6 +280,8 @@ def run_model_info(args: argparse.Namespace) -> None:
 
     print(f"name: {pipe.name}")
     print(f"from: {origin}")
+    if has_weights:
+        print(f"checksum: {model_checksum(args.model)}  (what variants' sidecars record)")
     print(f"resolution: {pipe.geometry.width}x{pipe.geometry.height} (width x height)")
     print(f"stages: {'full (stage 1 fusion + stage 2)' if pipe.uses_fusion else 'stage-2-only'}")
     print(f"scheduler: {type(pipe.scheduler).__name__}, prediction_type={pipe.scheduler.config.prediction_type}")
@@ -298,9 +299,6 @@ def run_model_info(args: argparse.Namespace) -> None:
             dtype = stored_dtype(Path(args.model) / part)
         print(f"  {part:<17} {count:>13,} parameters  {dtype}")
     print(f"  {'total':<17} {total:>13,} parameters")
-    if not is_preset:
-        digest, file_count = weights_sha256(Path(args.model), list(pipe.modules()))
-        print(f"weights sha256: {digest} ({file_count} safetensors files)")
 
 
 def stored_dtype(part_dir: Path) -> str:
@@ -311,23 +309,6 @@ def stored_dtype(part_dir: Path) -> str:
         with safe_open(weights_file, framework="pt") as weights:
             dtypes.update(weights.get_slice(key).get_dtype() for key in weights.keys())
     return ",".join(sorted(SAFETENSORS_DTYPES.get(code, code) for code in dtypes)) or "-"
-
-
-def weights_sha256(model_dir: Path, parts: list[str]) -> tuple[str, int]:
-    """sha256 over the safetensors files of the model's parts: relative path and contents, in
-    path order, so a renamed or moved file changes it too. Only the parts' own folders count:
-    a training output directory also holds checkpoint-*/ copies."""
-    digest = hashlib.sha256()
-    files = sorted(
-        (weights_file for part in parts for weights_file in (model_dir / part).glob("*.safetensors")),
-        key=lambda path: path.relative_to(model_dir).as_posix(),
-    )
-    for weights_file in files:
-        digest.update(weights_file.relative_to(model_dir).as_posix().encode() + b"\0")
-        with weights_file.open("rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest(), len(files)
 
 
 def run_assemble(args: argparse.Namespace) -> None:

@@ -69,20 +69,27 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 
 
 def model_checksum(model: str | Path) -> str:
-    """sha256 that identifies a model's weights without loading it: over every file of a model
-    directory (paths and contents), or over a random-init preset's config, whose fixed seed
-    makes it the weights. Outputs record it, so a rerun with other weights is not a skip."""
+    """sha256 that identifies a model without loading it: over a model directory's index and
+    its components' files (paths and contents; not the checkpoint-*/ copies or logs that a
+    training output directory also holds), or over a random-init preset's config, whose fixed
+    seed makes it the weights. Outputs record it, so a rerun with other weights is not a skip."""
     digest = hashlib.sha256()
     if isinstance(model, str) and model in PRESETS and not Path(model).exists():
         digest.update(json.dumps(preset_config(model), sort_keys=True).encode())
         return digest.hexdigest()
     root = Path(model)
-    if not (root / MODEL_INDEX).is_file():
+    index_file = root / MODEL_INDEX
+    if not index_file.is_file():
         raise InputError(f"{root}: not a model directory (no {MODEL_INDEX}) and not a preset ({', '.join(PRESETS)})")
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    try:
+        components = json.loads(index_file.read_text()).get("components", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"{index_file}: unreadable ({exc})") from None
+    files = [index_file] + sorted(p for part in components for p in (root / str(part)).glob("*") if p.is_file())
+    for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            while block := f.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
 

@@ -123,10 +123,12 @@ def test_model_info_prints_parameter_counts():
     assert "DDIMScheduler" in result.stdout
 
 
-def test_model_info_of_a_directory_prints_a_weights_hash(saved_tiny):
+def test_model_info_of_a_directory_prints_its_checksum(saved_tiny):
+    from model_core.pipeline_fpdm import model_checksum
+
     result = run_fpdm("model", "info", saved_tiny)
     assert result.returncode == 0, result.stderr
-    assert "weights sha256: " in result.stdout
+    assert f"checksum: {model_checksum(saved_tiny)}" in result.stdout
 
 
 def test_pairs_csv_without_a_required_column_is_one_error_line_naming_it(tmp_path):

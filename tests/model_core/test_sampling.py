@@ -207,6 +207,10 @@ def test_model_checksum_follows_the_weights_not_the_folder(pipe, tmp_path):
     first, second = pipe.save_pretrained(tmp_path / "a"), pipe.save_pretrained(tmp_path / "b")
     assert model_checksum(first) == model_checksum(second)  # same weights in another folder
     assert model_checksum("tiny") == model_checksum("tiny") != model_checksum(first)
+    (second / "checkpoint-000100").mkdir()  # a training output directory's extras
+    (second / "checkpoint-000100" / "training_state.pt").write_bytes(b"x")
+    (second / "train_log.jsonl").write_text("{}\n")
+    assert model_checksum(second) == model_checksum(first)
     weights = next((second / "unet").glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of one weight
