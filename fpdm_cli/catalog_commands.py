@@ -1,4 +1,4 @@
-"""Catalog commands: `fpdm validate`, `fpdm poses detect`."""
+"""Catalog commands: `fpdm validate`, `fpdm poses detect`, `fpdm qc`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     detect.add_argument("--out", required=True, help="output folder or s3:// prefix")
     detect.add_argument("--backend", default="mediapipe", choices=["mediapipe"], help="pose detector (default mediapipe)")
     detect.set_defaults(run=run_poses_detect)
+
+    qc = subparsers.add_parser(
+        "qc",
+        help="quality-check an image against its source photo and target pose",
+        description="Run the QC that every generated image gets (sanity, pose fidelity, garment colours; with "
+        "--model also CLIP similarity and FPDM alignment) on any source / pose / image triple, and print "
+        "the status, its reasons and the measurements. Exit 0 if the status is pass, 1 if it is review or "
+        "fail, 2 if an input is unusable.",
+    )
+    qc.add_argument("--source", required=True, help="source photo of the garment")
+    qc.add_argument(
+        "--pose",
+        required=True,
+        help="target pose: a keypoint file (coco18 JSON, OpenPose JSON or DeepFashion .txt; one that states "
+        "no canvas is taken to be on --image's canvas) or a photo to detect the pose on",
+    )
+    qc.add_argument("--image", required=True, help="the image to check (generated, or a real photo)")
+    qc.add_argument(
+        "--source-pose",
+        dest="source_pose",
+        help="keypoint file of the source's pose (default: detected on the source photo)",
+    )
+    qc.add_argument("--json", action="store_true", help="print the result as JSON")
+    qc.add_argument(
+        "--model",
+        help="preset name or model directory: adds the embedding checks (CLIP similarity, FPDM alignment)",
+    )
+    qc.add_argument("--device", default="auto", help="device for --model: auto, cpu, cuda or cuda:N (default: auto)")
+    qc.add_argument("--backend", default="mediapipe", choices=["mediapipe"], help="pose detector (default mediapipe)")
+    qc.set_defaults(run=run_qc)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -76,3 +106,62 @@ def run_poses_detect(args: argparse.Namespace) -> int:
         storage.write_bytes(out_uri, json.dumps(keypoints.to_json()).encode(), content_type="application/json")
         print(f"{out_uri}  ({int(keypoints.visible.sum())} of 18 keypoints)")
     return EXIT_INVALID_ROWS if failed else 0
+
+
+EXIT_QC_NOT_PASSED = 1
+KEYPOINT_SUFFIXES = (".json", ".txt")
+
+
+def run_qc(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from model_core.images import load_image
+    from model_core.poses import read_keypoints
+    from pipeline.poses import MediapipePoseDetector
+    from pipeline.qc import ModelReference, evaluate
+
+    # Inputs first: a bad file should fail before the detector or a model is loaded.
+    source = load_image(args.source)
+    image = load_image(args.image)
+    pose_is_photo = Path(args.pose).suffix.lower() not in KEYPOINT_SUFFIXES
+    pose_photo = load_image(args.pose) if pose_is_photo else None
+    target = None if pose_is_photo else read_keypoints(args.pose, default_size=image.size)
+    source_keypoints = read_keypoints(args.source_pose, default_size=source.size) if args.source_pose else None
+
+    detector = MediapipePoseDetector()
+    if pose_is_photo:
+        target = detector.detect(pose_photo, args.pose)  # no person there: bad input, exit 2
+    model = None
+    if args.model:
+        from model_core.pipeline_fpdm import FPDMPipeline
+
+        pipe = FPDMPipeline.from_pretrained(args.model, device=args.device)
+        model = ModelReference.for_job(pipe, pipe.encode_source(source), pipe.encode_pose(target))
+
+    result = evaluate(image, source, target, detector, model=model, source_keypoints=source_keypoints)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(format_qc(result))
+    return 0 if result.status == "pass" else EXIT_QC_NOT_PASSED
+
+
+def format_qc(result) -> str:
+    """The QC result as a short readable report: status, reasons, then every metric."""
+    lines = [f"status   {result.status}", f"score    {result.score:.2f}"]
+    lines.append("reasons" + ("" if result.reasons else "  (none)"))
+    lines += [f"  - {reason}" for reason in result.reasons]
+    lines.append("metrics")
+    width = max(len(name) for name in result.metrics)
+    for name, value in result.metrics.items():
+        if value is None:
+            shown = "-  (not measured)"
+        elif isinstance(value, bool):
+            shown = "yes" if value else "no"
+        elif isinstance(value, float):
+            shown = f"{value:.3f}"
+        else:
+            shown = str(value)
+        lines.append(f"  {name:<{width}}  {shown}")
+    return "\n".join(lines)

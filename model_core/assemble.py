@@ -78,6 +78,8 @@ def assemble(
     config = preset_config(preset)
     if quick_gelu is not None:
         config["fusion"]["quick_gelu"] = bool(quick_gelu)
+    # Recorded in the fusion config so that a model knows its CLIP is pretrained (QC uses it).
+    config["fusion"]["clip_weights"] = clip_checkpoint.name
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: already exists and is not an empty folder; assemble writes a new model directory")
 

@@ -137,6 +137,10 @@ def test_assembled_directory_loads_with_every_public_weight_and_generates(public
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert_same_tensors(pipe.fusion.image_encoder.state_dict(), visual_part(public.clip_state))
     assert_same_tensors(pipe.source_encoder.backbone.state_dict(), public.timm_state)
+    # The fusion config records the pretrained CLIP (QC trusts CLIP similarities only then);
+    # a preset's random initialisation records none.
+    assert pipe.fusion.config.clip_weights == public.clip_bin.name
+    assert FPDMPipeline.from_pretrained("tiny").fusion.config.clip_weights is None
 
     keypoints = Keypoints(np.column_stack([np.linspace(10, 38, 18), np.linspace(6, 58, 18), np.ones(18)]), 48, 64)
     source = Image.new("RGB", (48, 64), (180, 40, 60))
