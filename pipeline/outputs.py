@@ -1,0 +1,194 @@
+"""What a run leaves behind: variants with their sidecars, contact sheets, run reports.
+
+    {output}/{garment_id}/{variant_id}.png    the variant
+    {output}/{garment_id}/{variant_id}.json   its sidecar: inputs, settings, model, QC, timings
+    {output}/{garment_id}/contact_sheet.jpg   source, skeletons and variants, QC colour-coded
+    {output}/_runs/{run_id}/report.csv        one row per job; summary.json beside it
+
+The sidecar is written after the image, so a sidecar means a complete variant. It records an
+`inputs_key` (a hash of everything that determines the image); a job whose sidecar carries the
+same key is done, and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter
+from dataclasses import fields
+from datetime import datetime, timezone
+
+from PIL import Image, ImageDraw
+
+from model_core.errors import InputError
+from model_core.images import ModelGeometry, decode_image
+from model_core.poses import Keypoints, render_skeleton
+
+from . import storage
+from .planning import Job, JobOutcome
+
+SIDECAR_VERSION = 1
+RUNS = "_runs"
+CONTACT_SHEET = "contact_sheet.jpg"
+QC_COLOURS = {"pass": (46, 160, 67), "review": (230, 160, 20), "fail": (210, 45, 45)}
+
+
+def image_uri(output: str, job: Job) -> str:
+    return storage.join(output, job.garment_id, f"{job.variant_id}.png")
+
+
+def sidecar_uri(output: str, job: Job) -> str:
+    return storage.join(output, job.garment_id, f"{job.variant_id}.json")
+
+
+def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: str) -> str:
+    """A hash of everything that decides the variant's image: same key, same image."""
+    decisive = {
+        "source": source_sha256,
+        "pose": pose_sha256,
+        "model": model_checksum,
+        "seed": job.seed,
+        "steps": job.steps,
+        "guidance_scale": job.guidance_scale,
+        "num_candidates": job.num_candidates,
+    }
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+
+
+def completed_sidecar(output: str, job: Job, key: str) -> dict | None:
+    """The sidecar of a finished variant made from the same inputs, or None (no sidecar, other
+    inputs, or an unreadable sidecar: all mean the job runs again)."""
+    uri = sidecar_uri(output, job)
+    if not storage.exists(uri):
+        return None
+    try:
+        sidecar = json.loads(storage.read_bytes(uri))
+    except (InputError, ValueError):
+        return None
+    if not isinstance(sidecar, dict) or sidecar.get("inputs_key") != key:
+        return None
+    return sidecar
+
+
+def write_variant(output: str, job: Job, image: Image.Image, sidecar: dict) -> str:
+    """Write the image, then its sidecar (which names the image's sha256). Returns the image URI."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    uri = image_uri(output, job)
+    storage.write_bytes(uri, data, content_type="image/png")
+    sidecar = dict(sidecar, image={"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height})
+    sidecar.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    storage.write_bytes(sidecar_uri(output, job), json.dumps(sidecar, indent=2).encode(), content_type="application/json")
+    return uri
+
+
+# ----- run report -------------------------------------------------------------------------------
+
+REPORT_COLUMNS = ("garment_id", "variant_id", "status", "qc_status", "error", "image_uri", "row")
+
+
+def run_folder(output: str, run_id: str) -> str:
+    return storage.join(output, RUNS, run_id)
+
+
+def summarize(outcomes: list[JobOutcome]) -> dict:
+    return {
+        "jobs": len(outcomes),
+        "status": dict(sorted(Counter(o.status for o in outcomes).items())),
+        "qc_status": dict(sorted(Counter(o.qc_status for o in outcomes if o.qc_status).items())),
+    }
+
+
+def write_report(output: str, run_id: str, outcomes: list[JobOutcome], extra_summary: dict | None = None) -> str:
+    """report.csv (one row per job, in manifest row order) and summary.json; returns the
+    report's URI."""
+    ordered = sorted(outcomes, key=lambda o: (o.row if o.row is not None else 0, o.garment_id, o.variant_id))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS)
+    writer.writeheader()
+    for outcome in ordered:
+        writer.writerow({column: getattr(outcome, column) for column in REPORT_COLUMNS})
+    folder = run_folder(output, run_id)
+    report = storage.join(folder, "report.csv")
+    storage.write_bytes(report, buffer.getvalue().encode(), content_type="text/csv")
+    summary = dict(summarize(outcomes), run_id=run_id, report=report, **(extra_summary or {}))
+    storage.write_bytes(storage.join(folder, "summary.json"), json.dumps(summary, indent=2).encode(), content_type="application/json")
+    return report
+
+
+def read_report(uri: str) -> list[JobOutcome]:
+    text = storage.read_bytes(uri).decode("utf-8")
+    names = {f.name for f in fields(JobOutcome)}
+    outcomes = []
+    for record in csv.DictReader(io.StringIO(text)):
+        values = {k: v for k, v in record.items() if k in names}
+        values["row"] = int(values["row"]) if values.get("row") else None
+        outcomes.append(JobOutcome(**values))
+    return outcomes
+
+
+# ----- contact sheet ----------------------------------------------------------------------------
+
+TILE_HEIGHT = 256
+
+
+def write_contact_sheet(output: str, garment_id: str) -> str | None:
+    """One JPEG per garment: the source, then every finished variant as its target skeleton
+    above the variant, framed in its QC colour and labelled. Built from the sidecars on storage,
+    so it shows every variant of the garment, including those from earlier runs."""
+    folder = storage.join(output, garment_id)
+    sidecars = []
+    # The trailing '/' keeps garment 'tee' from listing garment 'tee-2' on S3.
+    for uri in storage.list_prefix(folder + "/" if storage.is_s3(folder) else folder):
+        if uri.endswith(".json"):
+            try:
+                sidecars.append(json.loads(storage.read_bytes(uri)))
+            except (InputError, ValueError):
+                continue
+    sidecars = [s for s in sidecars if isinstance(s, dict) and s.get("garment_id") == garment_id and "image" in s]
+    if not sidecars:
+        return None
+    sidecars.sort(key=lambda s: s["variant_id"])
+
+    first = sidecars[0]
+    variant_size = (first["image"]["width"], first["image"]["height"])
+    scale = TILE_HEIGHT / variant_size[1]
+    tile = (round(variant_size[0] * scale), TILE_HEIGHT)
+    pad, label = 8, 34
+    columns = 1 + len(sidecars)
+    sheet = Image.new("RGB", (columns * (tile[0] + pad) + pad, 2 * tile[1] + 3 * pad + label), (250, 250, 248))
+    draw = ImageDraw.Draw(sheet)
+
+    try:
+        source = decode_image(storage.read_bytes(first["source"]["uri"]), first["source"]["uri"])
+        geometry = ModelGeometry(height=variant_size[1], width=variant_size[0])
+        sheet.paste(geometry.photo(source).resize(tile), (pad, pad))
+        draw.text((pad, 2 * pad + tile[1]), "source", fill=(0, 0, 0))
+    except InputError:
+        draw.text((pad, pad), "source unreadable", fill=(200, 0, 0))
+
+    for index, sidecar in enumerate(sidecars, start=1):
+        x = pad + index * (tile[0] + pad)
+        keypoints = Keypoints.from_json(sidecar["keypoints"]).fitted(*variant_size, mode="pad")
+        sheet.paste(render_skeleton(keypoints).resize(tile), (x, pad))
+        try:
+            variant = decode_image(storage.read_bytes(sidecar["image"]["uri"]), sidecar["image"]["uri"])
+        except InputError:
+            continue
+        status = sidecar.get("qc", {}).get("status", "")
+        top = 2 * pad + tile[1]
+        colour = QC_COLOURS.get(status, (120, 120, 120))
+        draw.rectangle((x - 4, top - 4, x + tile[0] + 3, top + tile[1] + 3), fill=colour)
+        sheet.paste(variant.resize(tile), (x, top))
+        draw.text((x, top + tile[1] + 6), sidecar["variant_id"][:24], fill=(0, 0, 0))
+        draw.text((x, top + tile[1] + 18), f"QC {status or '?'}", fill=colour)
+
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="JPEG", quality=88)
+    uri = storage.join(folder, CONTACT_SHEET)
+    storage.write_bytes(uri, buffer.getvalue(), content_type="image/jpeg")
+    return uri
+
