@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     detect.add_argument("images", nargs="+", help="photos: paths or s3:// URIs")
     detect.add_argument("--out", required=True, help="output folder or s3:// prefix")
-    detect.add_argument("--backend", default="mediapipe", choices=["mediapipe"], help="pose detector (default mediapipe)")
+    add_detector_arguments(detect)
     detect.set_defaults(run=run_poses_detect)
 
     qc = subparsers.add_parser(
@@ -57,8 +57,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="preset name or model directory: adds the embedding checks (CLIP similarity, FPDM alignment)",
     )
     qc.add_argument("--device", default="auto", help="device for --model: auto, cpu, cuda or cuda:N (default: auto)")
-    qc.add_argument("--backend", default="mediapipe", choices=["mediapipe"], help="pose detector (default mediapipe)")
+    add_detector_arguments(qc)
     qc.set_defaults(run=run_qc)
+
+
+DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects nothing: no use here
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=DETECTOR_BACKENDS,
+        help="pose detector: openpose (needs its weights), mediapipe (bundled, offline), or auto: openpose "
+        "when its weights are configured, else mediapipe (default auto)",
+    )
+    parser.add_argument(
+        "--openpose-weights",
+        dest="openpose_weights",
+        help="folder or s3:// prefix with the OpenPose weights (default: $FPDM_OPENPOSE_WEIGHTS)",
+    )
+
+
+def make_detector(args: argparse.Namespace):
+    from pipeline.poses import make_pose_detector
+
+    return make_pose_detector(args.backend, args.openpose_weights)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -85,9 +109,8 @@ def run_poses_detect(args: argparse.Namespace) -> int:
     from model_core.errors import InputError
     from model_core.images import decode_image
     from pipeline import storage
-    from pipeline.poses import MediapipePoseDetector
 
-    detector = MediapipePoseDetector()
+    detector = make_detector(args)
     failed = 0
     written_stems: dict[str, int] = {}
     for image_uri in args.images:
@@ -118,7 +141,6 @@ def run_qc(args: argparse.Namespace) -> int:
 
     from model_core.images import load_image
     from model_core.poses import read_keypoints
-    from pipeline.poses import MediapipePoseDetector
     from pipeline.qc import ModelReference, evaluate
 
     # Inputs first: a bad file should fail before the detector or a model is loaded.
@@ -129,7 +151,7 @@ def run_qc(args: argparse.Namespace) -> int:
     target = None if pose_is_photo else read_keypoints(args.pose, default_size=image.size)
     source_keypoints = read_keypoints(args.source_pose, default_size=source.size) if args.source_pose else None
 
-    detector = MediapipePoseDetector()
+    detector = make_detector(args)
     if pose_is_photo:
         target = detector.detect(pose_photo, args.pose)  # no person there: bad input, exit 2
     model = None

@@ -351,3 +351,24 @@ def test_unknown_backend_lists_the_choices():
     assert POSE_BACKENDS == ("auto", "openpose", "mediapipe", "keypoints")
     with pytest.raises(InputError, match="unknown pose backend 'dwpose'; choose one of: auto, openpose, mediapipe, keypoints"):
         make_pose_detector("dwpose")
+
+
+# --- the CLI's --backend ----------------------------------------------------------------------
+
+
+def test_cli_poses_detect_runs_the_chosen_backend(monkeypatch, weights_dir, tmp_path, capsys, deepfashion_dir):
+    from fpdm_cli.main import main
+
+    monkeypatch.delenv(OPENPOSE_WEIGHTS_ENV, raising=False)
+    photo = deepfashion_dir / "img" / "MEN" / "Tees_Tanks" / "id_00004047" / "01_1_front.jpg"
+    out = tmp_path / "poses"
+    # openpose on the test's random weights sees nobody: one error line naming the photo, exit 1.
+    assert main(["poses", "detect", str(photo), "--out", str(out), "--backend", "openpose",
+                 "--openpose-weights", str(weights_dir)]) == 1  # fmt: skip
+    assert f"fpdm: error: {photo}: no person found in the image" in capsys.readouterr().err
+    assert not out.exists()
+    # Without weights, openpose is a configuration error (exit 2) and auto falls back to mediapipe.
+    assert main(["poses", "detect", str(photo), "--out", str(out), "--backend", "openpose"]) == 2
+    assert OPENPOSE_WEIGHTS_ENV in capsys.readouterr().err
+    assert main(["poses", "detect", str(photo), "--out", str(out)]) == 0
+    assert (out / "01_1_front.json").is_file()
