@@ -1,3 +1,5 @@
+import urllib.request
+
 import pytest
 
 
@@ -18,6 +20,8 @@ def s3(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-that-must-never-appear")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     storage._client.cache_clear()
+    # moto keeps its buckets in process-wide state that outlives a server: start empty.
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
     boto3.client("s3").create_bucket(Bucket="catalog")
     try:
         yield f"http://{host}:{port}"
