@@ -94,6 +94,10 @@ def run_folder(output: str, run_id: str) -> str:
     return storage.join(output, RUNS, run_id)
 
 
+def report_uri(output: str, run_id: str) -> str:
+    return storage.join(run_folder(output, run_id), "report.csv")
+
+
 def summarize(outcomes: list[JobOutcome]) -> dict:
     return {
         "jobs": len(outcomes),
@@ -112,7 +116,7 @@ def write_report(output: str, run_id: str, outcomes: list[JobOutcome], extra_sum
     for outcome in ordered:
         writer.writerow({column: getattr(outcome, column) for column in REPORT_COLUMNS})
     folder = run_folder(output, run_id)
-    report = storage.join(folder, "report.csv")
+    report = report_uri(output, run_id)
     storage.write_bytes(report, buffer.getvalue().encode(), content_type="text/csv")
     summary = dict(summarize(outcomes), run_id=run_id, report=report, **(extra_summary or {}))
     storage.write_bytes(storage.join(folder, "summary.json"), json.dumps(summary, indent=2).encode(), content_type="application/json")

@@ -32,6 +32,11 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 POSE_CACHE = "_poses"
 
 
+def is_photo(uri: str) -> bool:
+    """A reference photo (the detector finds its pose), as opposed to a keypoint file."""
+    return uri.lower().endswith(PHOTO_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class RunDefaults:
     """Settings for rows that leave them empty."""
@@ -203,9 +208,9 @@ class PoseResolver:
             self._detector = self._make_detector()
         return self._detector
 
-    def resolve(self, uri: str, canvas: tuple[int, int]) -> TargetPose:
+    def resolve(self, uri: str, canvas: tuple[int, int] | None) -> TargetPose:
         """The target pose at `uri`; `canvas` (the source photo's width, height) is the frame of
-        keypoint files that state none."""
+        keypoint files that state none (None: only files that state theirs, and photos)."""
         key = (uri, canvas if uri.lower().endswith(KEYPOINT_SUFFIXES) else (0, 0))
         if uri in self._failures:
             raise self._failures[uri]

@@ -12,6 +12,7 @@ the caller can retry the batch.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
 
-from . import outputs
+from . import outputs, progress
 from .manifest import Manifest, read_manifest
 from .planning import (
     Batch,
@@ -31,6 +32,7 @@ from .planning import (
     SourcePhoto,
     expand_jobs,
     failed,
+    is_photo,
     plan_batches,
     read_source,
 )
@@ -50,11 +52,61 @@ class RunSettings:
     qc: QCConfig = DEFAULT_QC
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which part of a run this process does: every `count`-th batch, starting at `index`."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        """'INDEX/COUNT' (e.g. '1/4'), or None for the whole run."""
+        if text is None or text == "":
+            return cls()
+        try:
+            index, count = (int(part) for part in str(text).split("/"))
+        except ValueError:
+            raise InputError(f"shard {text!r}: expected INDEX/COUNT, e.g. 0/2") from None
+        if not 0 <= index < count:
+            raise InputError(f"shard {text!r}: INDEX must be from 0 to COUNT - 1")
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The jobs a retry is about: job ids, and the numbers of rows that failed before they
+    became jobs (invalid rows). None of either means every job of the manifest."""
+
+    job_ids: frozenset[str]
+    rows: frozenset[int]
+
+    @classmethod
+    def failed_in(cls, report_uri: str) -> "Selection":
+        failed = [o for o in outputs.read_report(report_uri) if o.status == "failed"]
+        return cls(
+            frozenset(o.job_id for o in failed if o.variant_id),
+            frozenset(o.row for o in failed if not o.variant_id and o.row is not None),
+        )
+
+    def keeps(self, outcome_or_job) -> bool:
+        if outcome_or_job.variant_id:
+            return outcome_or_job.job_id in self.job_ids
+        return outcome_or_job.row in self.rows
+
+
 @dataclass
 class Plan:
-    planned: list[PlannedJob]  # to generate
+    batches: list[Batch]  # to generate: this shard's batches, finished jobs taken out
     outcomes: list[JobOutcome]  # decided while planning: failed or skipped
     model_checksum: str
+
+    @property
+    def images(self) -> int:
+        return sum(batch.images for batch in self.batches)
 
 
 @dataclass
@@ -75,13 +127,31 @@ def new_run_id() -> str:
 # ----- plan ----------------------------------------------------------------------------------------
 
 
-def plan_run(manifest: Manifest, output: str, settings: RunSettings, resolver: PoseResolver | None = None) -> Plan:
+def plan_run(
+    manifest: Manifest,
+    output: str,
+    settings: RunSettings,
+    shard: Shard = Shard(),
+    only: Selection | None = None,
+    resolver: PoseResolver | None = None,
+) -> Plan:
+    """Read every job's inputs, batch the usable jobs and keep this shard's batches, then take
+    out the jobs that are already complete.
+
+    Batches are formed before finished jobs are taken out, so every shard of a run computes
+    the same batches whatever the others have finished meanwhile: each job belongs to exactly
+    one shard. Problems found while planning are reported by shard 0 only."""
     checksum = model_checksum(settings.model)
     resolver = resolver or pose_resolver(output, settings)
     jobs, outcomes = expand_jobs(manifest, settings.defaults)
+    if only is not None:
+        jobs = [job for job in jobs if only.keeps(job)]
+        outcomes = [outcome for outcome in outcomes if only.keeps(outcome)]
+    progress.stage("plan", len(jobs))
     sources: dict[str, SourcePhoto | InputError] = {}
-    planned = []
+    usable = []
     for job in jobs:
+        progress.advance("plan")
         if job.source_image not in sources:
             try:
                 sources[job.source_image] = read_source(job.source_image)
@@ -97,25 +167,67 @@ def plan_run(manifest: Manifest, output: str, settings: RunSettings, resolver: P
             outcomes.append(failed(job, f"row {job.row}, target_pose: {error}"))
             continue
         key = outputs.inputs_key(job, source.sha256, pose.sha256, checksum)
-        done = None if settings.force else outputs.completed_sidecar(output, job, key)
-        if done is not None:
-            qc_status = done.get("qc", {}).get("status", "")
-            outcomes.append(
-                JobOutcome(job.garment_id, job.variant_id, job.row, "skipped", qc_status, "already complete (same inputs)", done["image"]["uri"])
-            )
-            continue
-        planned.append(PlannedJob(job, source.sha256, pose, key))
-    return Plan(planned, outcomes, checksum)
+        usable.append(PlannedJob(job, source.sha256, pose, key))
+
+    batches = []
+    outcomes = outcomes if shard.index == 0 else []
+    for batch in plan_batches(usable, settings.batch_size)[shard.index :: shard.count]:
+        pending = []
+        for planned in batch.jobs:
+            done = None if settings.force else outputs.completed_sidecar(output, planned.job, planned.inputs_key)
+            if done is None:
+                pending.append(planned)
+            else:
+                outcomes.append(skipped_as_complete(planned.job, done))
+        if pending:
+            batches.append(Batch(tuple(pending)))
+    return Plan(batches, outcomes, checksum)
+
+
+def skipped_as_complete(job, sidecar: dict) -> JobOutcome:
+    qc_status = sidecar.get("qc", {}).get("status", "")
+    return JobOutcome(
+        job.garment_id, job.variant_id, job.row, "skipped", qc_status, "already complete (same inputs)", sidecar["image"]["uri"]
+    )
+
+
+def reference_photos(manifest: Manifest, settings: RunSettings, only: Selection | None = None) -> list[str]:
+    """The target poses of the run's jobs that are photos to detect a pose on (each once)."""
+    jobs, _ = expand_jobs(manifest, settings.defaults)
+    return sorted({job.target_pose for job in jobs if (only is None or only.keeps(job)) and is_photo(job.target_pose)})
+
+
+def detect_reference_pose(uri: str, output: str, settings: RunSettings) -> str | None:
+    """Detect the pose on one reference photo into the output's pose cache, so that planning
+    (in this process or any other) finds it there. Returns the error, or None."""
+    try:
+        pose_resolver(output, settings).resolve(uri, None)
+    except InputError as error:
+        return str(error)
+    return None
 
 
 def pose_resolver(output: str, settings: RunSettings) -> PoseResolver:
-    return PoseResolver(output, lambda: make_pose_detector(settings.pose_backend, settings.openpose_weights), settings.pose_backend)
+    return PoseResolver(output, lambda: shared_pose_detector(settings.pose_backend, settings.openpose_weights), settings.pose_backend)
 
 
 def qc_detector(settings: RunSettings):
     """QC detects the pose on every generated image, whatever the backend for target poses."""
     backend = "auto" if settings.pose_backend == "keypoints" else settings.pose_backend
-    return make_pose_detector(backend, settings.openpose_weights)
+    return shared_pose_detector(backend, settings.openpose_weights)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_pose_detector(backend: str, openpose_weights: str | None):
+    """One detector per backend and process: loading OpenPose's weights takes seconds."""
+    return make_pose_detector(backend, openpose_weights)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_model(model: str, device: str) -> FPDMPipeline:
+    """The model, loaded once per process (a worker runs many batches) and kept for the next
+    batch; asking for another model replaces it, so two never share the GPU."""
+    return FPDMPipeline.from_pretrained(model, device=device)
 
 
 # ----- generate --------------------------------------------------------------------------------------
@@ -131,7 +243,45 @@ def run_batch(
     context: dict | None = None,
 ) -> list[JobOutcome]:
     """Generate, QC and write one batch. Returns an outcome per job; a job whose source can no
-    longer be read, or whose outputs cannot be written, fails alone."""
+    longer be read, or whose outputs cannot be written, fails alone.
+
+    Out of GPU memory, the batch is split in halves and each is tried again, down to single
+    jobs: a batch size that fits most garments need not fit the one with many candidates.
+    Any other error propagates, for the caller to retry the batch or fail its jobs."""
+    import torch
+
+    try:
+        outcomes = _generate(pipe, batch, output, detector, model_checksum, qc_config, context)
+    except torch.OutOfMemoryError:
+        if len(batch.jobs) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch.jobs) // 2
+        return [
+            outcome
+            for part in (Batch(batch.jobs[:half]), Batch(batch.jobs[half:]))
+            for outcome in run_batch(pipe, part, output, detector, model_checksum, qc_config, context)
+        ]
+    progress.advance("generate", batch.images)
+    return outcomes
+
+
+def batch_failed(batch: Batch, error: BaseException | str) -> list[JobOutcome]:
+    """Every job of a batch that could not be generated, failed with the batch's error."""
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return [failed(p.job, f"batch {batch.batch_id} failed: {reason}") for p in batch.jobs]
+
+
+def _generate(
+    pipe: FPDMPipeline,
+    batch: Batch,
+    output: str,
+    detector,
+    model_checksum: str,
+    qc_config: QCConfig,
+    context: dict | None,
+) -> list[JobOutcome]:
     outcomes: list[JobOutcome] = []
     ready: list[tuple[PlannedJob, SourcePhoto]] = []
     sources: dict[str, SourcePhoto] = {}
@@ -214,30 +364,57 @@ def run_batch(
 # ----- report ------------------------------------------------------------------------------------------
 
 
-def finish_run(output: str, run_id: str, outcomes: list[JobOutcome], manifest_uri: str = "") -> str:
-    """Contact sheets for every garment that got a new variant, then the run report."""
-    for garment_id in sorted({o.garment_id for o in outcomes if o.status == "succeeded"}):
+def finish_run(output: str, run_id: str, outcomes: list[JobOutcome], summary: dict | None = None) -> str:
+    """Contact sheets for every garment that got a new variant, then the run report (and its
+    summary, with `summary`'s entries added). Returns the report's URI."""
+    garments = sorted({o.garment_id for o in outcomes if o.status == "succeeded"})
+    progress.stage("report", len(garments) + 1)
+    for garment_id in garments:
         outputs.write_contact_sheet(output, garment_id)
-    return outputs.write_report(output, run_id, outcomes, {"manifest": manifest_uri, "output": output})
+        progress.advance("report")
+    report = outputs.write_report(output, run_id, outcomes, summary)
+    progress.advance("report")
+    return report
 
 
-def run_catalog(manifest_uri: str, output: str, settings: RunSettings = RunSettings(), run_id: str | None = None) -> RunResult:
-    """The whole run in this process, batch after batch. A batch that fails for a reason other
-    than bad input fails its jobs with that reason; the other batches go on."""
+def run_summary(manifest_uri: str, output: str, settings: RunSettings, **more) -> dict:
+    """What summary.json records about a run besides its counts: enough to run it again."""
+    return {
+        "manifest": manifest_uri,
+        "output": output,
+        "settings": {
+            "model": settings.model,
+            "batch_size": settings.batch_size,
+            "pose_backend": settings.pose_backend,
+            "device": settings.device,
+            "force": settings.force,
+        },
+        **more,
+    }
+
+
+def run_catalog(
+    manifest_uri: str,
+    output: str,
+    settings: RunSettings = RunSettings(),
+    run_id: str | None = None,
+    only: Selection | None = None,
+) -> RunResult:
+    """The whole run in this process, batch after batch, with no orchestrator. A batch that
+    fails for a reason other than bad input fails its jobs with that reason; the others go on."""
     run_id = run_id or new_run_id()
     manifest = read_manifest(manifest_uri)
-    plan = plan_run(manifest, output, settings)
+    plan = plan_run(manifest, output, settings, only=only)
     outcomes = list(plan.outcomes)
-    if plan.planned:
-        pipe = FPDMPipeline.from_pretrained(settings.model, device=settings.device)
+    progress.stage("generate", plan.images)
+    if plan.batches:
+        pipe = shared_model(settings.model, settings.device)
         detector = qc_detector(settings)
         context = {"manifest": manifest.uri, "run_id": run_id}
-        for batch in plan_batches(plan.planned, settings.batch_size):
+        for batch in plan.batches:
             try:
                 outcomes += run_batch(pipe, batch, output, detector, plan.model_checksum, settings.qc, context)
             except Exception as error:  # noqa: BLE001 - one broken batch must not stop the run
-                reason = f"batch {batch.batch_id} failed: {type(error).__name__}: {error}"
-                outcomes += [failed(p.job, reason) for p in batch.jobs]
-    report = finish_run(output, run_id, outcomes, manifest.uri)
+                outcomes += batch_failed(batch, error)
+    report = finish_run(output, run_id, outcomes, run_summary(manifest.uri, output, settings))
     return RunResult(run_id, report, outcomes)
-
