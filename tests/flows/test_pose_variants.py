@@ -1,0 +1,140 @@
+"""The pose-variants flow on Prefect's real engine: a failed batch fails the run, a retry of
+that same flow run (the UI's Retry) regenerates only that batch, and shards split the work."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.flow_engine import run_flow
+from prefect.states import Scheduled
+
+import flows.pose_variants as pv
+from pipeline import outputs
+from pipeline.outputs import read_report
+
+GARMENTS = {
+    "tee": "MEN/Tees_Tanks/id_00004047/01_1_front",
+    "blouse": "WOMEN/Blouses_Shirts/id_00001530/01_4_full",
+}
+POSES = {
+    "side": "MEN/Tees_Tanks/id_00004047/01_2_side.txt",
+    "back": "MEN/Tees_Tanks/id_00004047/01_3_back.txt",
+}
+
+
+@pytest.fixture
+def catalog(tmp_path, deepfashion_dir):
+    """A manifest of 2 garments x 2 poses (keypoint files) and an invalid row."""
+    lines = ["garment_id,source_image,target_pose,steps"]
+    for garment, photo in GARMENTS.items():
+        for pose in POSES.values():
+            lines.append(f"{garment},{deepfashion_dir / 'img' / photo}.jpg,{deepfashion_dir / 'pose' / pose},2")
+    lines.append("bad id!,x.jpg,y.txt,2")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, tmp_path / "out"
+
+
+@pytest.fixture
+def writes(monkeypatch):
+    """Every variant written, by job id."""
+    written = Counter()
+    original = outputs.write_variant
+
+    def counting(output, job, image, sidecar):
+        written[job.job_id] += 1
+        return original(output, job, image, sidecar)
+
+    monkeypatch.setattr(outputs, "write_variant", counting)
+    return written
+
+
+@pytest.fixture
+def batches_run(monkeypatch):
+    """The garments of every batch the flow generated, and a switch that makes the blouse's
+    batch fail the way a GPU fault would."""
+
+    class Recorder:
+        fail_blouse = False
+        calls: list = []
+
+    original = pv.run_batch
+
+    def recording(pipe, batch, *args, **kwargs):
+        garments = sorted({p.job.garment_id for p in batch.jobs})
+        Recorder.calls.append(garments)
+        if Recorder.fail_blouse and "blouse" in garments:
+            raise RuntimeError("CUDA error: unspecified launch failure (simulated)")
+        return original(pipe, batch, *args, **kwargs)
+
+    monkeypatch.setattr(pv, "run_batch", recording)
+    monkeypatch.setattr(pv, "generate_batch", pv.generate_batch.with_options(retry_delay_seconds=0))
+    Recorder.calls = []
+    return Recorder
+
+
+PARAMETERS = dict(model="tiny", batch_size=2, pose_backend="keypoints", device="cpu")
+
+
+def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_batch(
+    prefect_server, catalog, writes, batches_run
+):
+    manifest, out = catalog
+    batches_run.fail_blouse = True
+    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, return_state=True)
+
+    assert state.is_failed()
+    assert "3 of 5 jobs failed" in state.message  # the blouse batch and the invalid row
+    run_id = str(state.state_details.flow_run_id)
+    report = {o.job_id: o for o in read_report(outputs.report_uri(str(out), run_id))}
+    assert report["tee/01_2_side"].status == report["tee/01_3_back"].status == "succeeded"
+    for job in ("blouse/01_2_side", "blouse/01_3_back"):
+        assert report[job].status == "failed"
+        assert "CUDA error: unspecified launch failure (simulated)" in report[job].error
+    assert report["/"].row == 6 and report["/"].status == "failed"
+    assert report["/"].error.startswith("row 6, garment_id: 'bad id!' is not a safe id")
+    # The batch task was retried before the flow gave up on it: 1 + 2 retries.
+    assert batches_run.calls.count(["blouse"]) == 1 + pv.BATCH_RETRIES
+    assert not (out / "blouse").exists()
+
+    # The operator clicks Retry in the UI: the same flow run goes back to AwaitingRetry and
+    # runs again. The fault is gone by then.
+    batches_run.fail_blouse = False
+    batches_run.calls.clear()
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Scheduled(name="AwaitingRetry"), force=True)
+        retried = run_flow(pv.pose_variants, flow_run=client.read_flow_run(run_id), return_type="state")
+        assert client.read_flow_run(run_id).run_count == 2
+
+    assert retried.is_failed()  # the invalid row still fails; every job that can run did
+    assert batches_run.calls == [["blouse"]]  # only the failed batch ran again
+    report = {o.job_id: o for o in read_report(outputs.report_uri(str(out), run_id))}
+    assert {job: o.status for job, o in report.items()} == {
+        "tee/01_2_side": "skipped", "tee/01_3_back": "skipped",
+        "blouse/01_2_side": "succeeded", "blouse/01_3_back": "succeeded",
+        "/": "failed",
+    }  # fmt: skip
+    assert set(writes.values()) == {1} and len(writes) == 4  # no variant written twice
+    sidecar = json.loads((out / "blouse" / "01_2_side.json").read_text())
+    assert sidecar["run_id"] == run_id
+
+
+def test_shards_split_the_batches_and_the_report_is_merged(prefect_server, catalog, writes, batches_run):
+    manifest, out = catalog
+    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shards=2, return_state=True)
+
+    assert state.is_failed()  # the invalid row
+    run_id = str(state.state_details.flow_run_id)
+    summary = json.loads(Path(outputs.report_uri(str(out), run_id)).with_name("summary.json").read_text())
+    shard_runs = summary["shard_runs"]
+    assert len(shard_runs) == 2 and run_id not in shard_runs
+    shard_jobs = [
+        {o.job_id for o in read_report(outputs.report_uri(str(out), shard)) if o.status == "succeeded"} for shard in shard_runs
+    ]
+    assert shard_jobs[0] and shard_jobs[1] and not shard_jobs[0] & shard_jobs[1]  # both worked, no overlap
+    assert sorted(batches_run.calls) == [["blouse"], ["tee"]]
+    assert dict(writes) == {job: 1 for job in shard_jobs[0] | shard_jobs[1]} and len(writes) == 4
+    merged = read_report(outputs.report_uri(str(out), run_id))
+    assert Counter(o.status for o in merged) == {"succeeded": 4, "failed": 1}
