@@ -13,6 +13,7 @@ the caller can retry the batch.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
 
-from . import outputs, progress
+from . import outputs, progress, storage
 from .manifest import Manifest, read_manifest
 from .planning import (
     Batch,
@@ -391,6 +392,27 @@ def run_summary(manifest_uri: str, output: str, settings: RunSettings, **more) -
         },
         **more,
     }
+
+
+def check_settings(settings: RunSettings) -> None:
+    """Refuse settings that would fail every job, before a run starts: an unknown model, a
+    batch size below 1, an unknown pose backend or openpose without its weights."""
+    model_checksum(settings.model)
+    if settings.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {settings.batch_size}")
+    if settings.pose_backend != "keypoints":
+        shared_pose_detector(settings.pose_backend, settings.openpose_weights)
+
+
+def recorded_run(report_uri: str) -> tuple[str, str, dict]:
+    """The manifest, output and settings of the run that wrote `report_uri`, from the
+    summary.json beside it: what a retry of its failed jobs needs."""
+    summary_uri = report_uri.rsplit("/", 1)[0] + "/summary.json"
+    try:
+        summary = json.loads(storage.read_bytes(summary_uri))
+        return summary["manifest"], summary["output"], dict(summary["settings"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{summary_uri}: not the summary of a run (expected manifest, output and settings)") from None
 
 
 def run_catalog(
