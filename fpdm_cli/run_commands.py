@@ -171,8 +171,10 @@ def print_outcomes(outcomes, report: str) -> None:
             table.add_row(status, *map(str, row), str(sum(row)))
     console.print(table)
     failures = [o for o in outcomes if o.status == "failed"]
+    # soft_wrap: URIs and errors stay on one line each, for grep and for copying.
     for outcome in failures[:FAILURES_SHOWN]:
-        console.print(f"failed  {outcome.job_id if outcome.variant_id else f'row {outcome.row}'}: {outcome.error}", markup=False)
+        job = outcome.job_id if outcome.variant_id else f"row {outcome.row}"
+        console.print(f"failed  {job}: {outcome.error}", markup=False, soft_wrap=True)
     if len(failures) > FAILURES_SHOWN:
         console.print(f"... and {len(failures) - FAILURES_SHOWN} more failed jobs in the report")
-    console.print(f"report: {report}", markup=False)
+    console.print(f"report: {report}", markup=False, soft_wrap=True)
