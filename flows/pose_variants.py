@@ -189,9 +189,7 @@ def run_shards(
     (its run crashed before writing a report) is failed, so nothing goes missing."""
     logger = get_run_logger()
     parameters = {
-        "manifest": rows.uri, "output": output, "model": settings.model, "batch_size": settings.batch_size,
-        "pose_backend": settings.pose_backend, "device": settings.device, "force": settings.force,
-        "openpose_weights": settings.openpose_weights, "retry_of": summary.get("retry_of"), "shards": 1,
+        "manifest": rows.uri, "output": output, **settings.as_parameters(), "retry_of": summary.get("retry_of"), "shards": 1
     }  # fmt: skip
     shard_runs: dict[int, str] = {}  # shard index -> flow run id
     if deployment.id is not None:

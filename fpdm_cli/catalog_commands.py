@@ -64,13 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects nothing: no use here
 
 
-def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+def add_detector_arguments(parser: argparse.ArgumentParser, flag: str = "--backend", choices=DETECTOR_BACKENDS) -> None:
     parser.add_argument(
-        "--backend",
+        flag,
         default="auto",
-        choices=DETECTOR_BACKENDS,
-        help="pose detector: openpose (needs its weights), mediapipe (bundled, offline), or auto: openpose "
-        "when its weights are configured, else mediapipe (default auto)",
+        choices=choices,
+        help="pose detector: openpose (needs its weights), mediapipe (bundled, offline), "
+        + ("keypoints (no detection: pose files must be keypoint files), " if "keypoints" in choices else "")
+        + "or auto: openpose when its weights are configured, else mediapipe (default auto)",
     )
     parser.add_argument(
         "--openpose-weights",

@@ -11,6 +11,7 @@ FAILURES_SHOWN = 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from fpdm_cli.catalog_commands import add_detector_arguments
     from pipeline.poses import POSE_BACKENDS
 
     run = subparsers.add_parser(
@@ -25,19 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--output", required=True, help="output folder or s3:// prefix")
     run.add_argument("--model", default="tiny", help="preset name or model directory (default tiny)")
     run.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="images per model call (default 8)")
-    run.add_argument(
-        "--pose-backend",
-        dest="pose_backend",
-        default="auto",
-        choices=POSE_BACKENDS,
-        help="pose detector for reference photos (default auto: openpose when its weights are configured, "
-        "else mediapipe)",
-    )
-    run.add_argument(
-        "--openpose-weights",
-        dest="openpose_weights",
-        help="folder or s3:// prefix with the OpenPose weights (default: $FPDM_OPENPOSE_WEIGHTS)",
-    )
+    add_detector_arguments(run, "--pose-backend", POSE_BACKENDS)
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     run.add_argument("--force", action="store_true", help="regenerate variants that are already complete")
     run.set_defaults(run=run_run)
@@ -90,18 +79,7 @@ def run_flow(manifest: str, output: str, settings, retry_of: str | None) -> int:
 
     console = Console(stderr=True)
     with StageBars(console) as bars, progress.reporting(bars):
-        state = pose_variants(
-            manifest=manifest,
-            output=output,
-            model=settings.model,
-            batch_size=settings.batch_size,
-            pose_backend=settings.pose_backend,
-            openpose_weights=settings.openpose_weights,
-            device=settings.device,
-            force=settings.force,
-            retry_of=retry_of,
-            return_state=True,
-        )
+        state = pose_variants(manifest=manifest, output=output, **settings.as_parameters(), retry_of=retry_of, return_state=True)
     report = outputs.report_uri(output, str(state.state_details.flow_run_id))
     try:
         outcomes = outputs.read_report(report)

@@ -52,6 +52,18 @@ class RunSettings:
     defaults: RunDefaults = field(default_factory=RunDefaults)
     qc: QCConfig = DEFAULT_QC
 
+    def as_parameters(self) -> dict:
+        """The settings a run is started with (the flow's parameters, the CLI's options), as
+        plain values; summary.json records them so that a retry runs the same way."""
+        return {
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "pose_backend": self.pose_backend,
+            "openpose_weights": self.openpose_weights,
+            "device": self.device,
+            "force": self.force,
+        }
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -383,13 +395,7 @@ def run_summary(manifest_uri: str, output: str, settings: RunSettings, **more) -
     return {
         "manifest": manifest_uri,
         "output": output,
-        "settings": {
-            "model": settings.model,
-            "batch_size": settings.batch_size,
-            "pose_backend": settings.pose_backend,
-            "device": settings.device,
-            "force": settings.force,
-        },
+        "settings": settings.as_parameters(),
         **more,
     }
 
