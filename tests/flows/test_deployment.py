@@ -1,0 +1,212 @@
+"""The deployments as production runs them: `prefect server start` on 127.0.0.1, the `gpu-pool`
+process work pool with two workers, `prefect deploy` from prefect.yaml, then a sharded run of
+a small manifest. Both workers must do work, every job must complete exactly once, and the
+merged report must be complete. Every process the test starts is stopped, flow-run
+subprocesses included (a process worker starts them in sessions of their own)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline import outputs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+WORKERS = ("gpu-1", "gpu-2")
+GARMENTS = {
+    "tee": "MEN/Tees_Tanks/id_00004047/01_1_front",
+    "blouse": "WOMEN/Blouses_Shirts/id_00001530/01_4_full",
+}
+POSES = ("01_2_side", "01_3_back")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect_env(home: Path, api_url: str, **extra) -> dict:
+    # Nothing of the caller's Prefect settings (a profile, the harness's home) may leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "FPDM_CHECKOUT"}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_CLI_COLORS="false",
+        PREFECT_CLI_WRAP_LINES="false",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _wait_until(predicate, timeout: float, what: str, poll: float = 0.25, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {process.returncode}")
+        time.sleep(poll)
+    raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(api_url + "/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGINT to the process group (the server shuts down cleanly on it), SIGKILL if it lingers."""
+    try:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _processes_with(home: Path) -> list[int]:
+    """Processes whose environment names this test's PREFECT_HOME: the server, the workers and
+    the flow-run subprocesses, which live outside the workers' process groups."""
+    needle = f"PREFECT_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture
+def prefect_deployment(tmp_path):
+    """Server, work pool, two workers, deployments: what the README's production setup has."""
+    home = tmp_path / "prefect_home"
+    home.mkdir()
+    started: list[subprocess.Popen] = []
+
+    def spawn(name, command, env, cwd=tmp_path):
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(
+                command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        started.append(process)
+        return process
+
+    try:
+        for _attempt in range(3):  # a free port can be taken between choosing and binding it
+            port = _free_port()
+            api_url = f"http://127.0.0.1:{port}/api"
+            env = _prefect_env(home, api_url)
+            # --no-services: no scheduler, so the nightly deployment's cron makes no runs here.
+            server = spawn("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"], env)
+            try:
+                _wait_until(lambda: _healthy(api_url), 120, "the Prefect server", process=server)
+                break
+            except RuntimeError:
+                continue
+        else:
+            pytest.fail((tmp_path / "server.log").read_text())
+
+        subprocess.run(
+            [PREFECT, "work-pool", "create", "gpu-pool", "--type", "process", "--overwrite"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        for name in WORKERS:
+            worker_env = _prefect_env(
+                home, api_url, FPDM_CHECKOUT=REPO_ROOT, PREFECT_WORKER_QUERY_SECONDS=1, PREFECT_WORKER_PREFETCH_SECONDS=1
+            )
+            spawn(name, [PREFECT, "worker", "start", "--pool", "gpu-pool", "--name", name, "--limit", "1"], worker_env)
+        # Deployed from the checkout with FPDM_CHECKOUT unset, as the README says.
+        deployed = subprocess.run(
+            [PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield tmp_path
+    finally:
+        for process in reversed(started):
+            _stop(process)
+        left = _processes_with(home)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left running: {left}"
+
+
+def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_deployment, deepfashion_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    lines = ["garment_id,source_image,target_pose,steps"]
+    for garment, photo in GARMENTS.items():
+        for pose in POSES:
+            pose_file = deepfashion_dir / "pose" / "MEN" / "Tees_Tanks" / "id_00004047" / f"{pose}.txt"
+            lines.append(f"{garment},{deepfashion_dir / 'img' / photo}.jpg,{pose_file},2")
+    manifest = prefect_deployment / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = prefect_deployment / "out"
+    jobs = {f"{garment}/{pose}" for garment in GARMENTS for pose in POSES}
+
+    with get_client(sync_client=True) as client:
+        _wait_until(lambda: set(WORKERS) <= {w.name for w in client.read_workers_for_work_pool("gpu-pool")}, 60, "the workers")
+        parent = run_deployment(
+            "pose-variants/pose-variants-adhoc",
+            parameters={"manifest": str(manifest), "output": str(out), "model": "tiny", "device": "cpu",
+                        "pose_backend": "keypoints", "batch_size": 2, "shards": 2},  # fmt: skip
+            timeout=0,
+        )
+
+        def final(run_id):
+            run = client.read_flow_run(run_id)
+            return run if run.state is not None and run.state.is_final() else None
+
+        parent = _wait_until(lambda: final(parent.id), 400, "the sharded run", poll=1)
+        assert parent.state.is_completed(), parent.state.message
+        children = [r for r in client.read_flow_runs() if r.deployment_id == parent.deployment_id and r.id != parent.id]
+        assert [c.parameters["shard"] for c in children] == ["1/2"] and children[0].state.is_completed()
+        # Shard 0 ran in the parent's flow-run process, shard 1 on the other worker: both did work.
+        assert children[0].labels["prefect.worker.name"] != parent.labels["prefect.worker.name"]
+        # The flow-run processes flush their logs after their final state: let them exit first.
+        for run in (parent, children[0]):
+            pid = int(run.infrastructure_pid)
+            _wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, f"flow-run process {pid} to exit")
+
+    merged = outputs.read_report(outputs.report_uri(str(out), str(parent.id)))
+    assert Counter(o.status for o in merged) == {"succeeded": 4}  # the merged report is complete
+    assert {o.job_id for o in merged} == jobs
+    # Each shard's own report: shard 0's (a subflow of the parent) and shard 1's (the child run).
+    reports = {
+        run.name: {o.job_id for o in outputs.read_report(str(run / "report.csv")) if o.status == "succeeded"}
+        for run in (out / "_runs").iterdir()
+        if run.name != str(parent.id)
+    }
+    assert len(reports) == 2 and str(children[0].id) in reports and all(reports.values()), reports
+    first, second = reports.values()
+    assert first | second == jobs and not first & second  # every job in exactly one shard
+    for job in jobs:  # and written by that shard's run
+        assert job in reports[json.loads((out / f"{job}.json").read_text())["run_id"]]
