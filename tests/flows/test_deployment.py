@@ -130,10 +130,11 @@ def prefect_deployment(tmp_path):
         else:
             pytest.fail((tmp_path / "server.log").read_text())
 
-        subprocess.run(
-            [PREFECT, "work-pool", "create", "gpu-pool", "--type", "process", "--overwrite"],
-            env=env, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+        for command in (
+            ["work-pool", "create", "gpu-pool", "--type", "process", "--overwrite"],
+            ["concurrency-limit", "create", "gpu", str(len(WORKERS))],  # one batch per GPU, as the README says
+        ):
+            subprocess.run([PREFECT, *command], env=env, check=True, capture_output=True, timeout=120)
         for name in WORKERS:
             worker_env = _prefect_env(
                 home, api_url, FPDM_CHECKOUT=REPO_ROOT, PREFECT_WORKER_QUERY_SECONDS=1, PREFECT_WORKER_PREFETCH_SECONDS=1
