@@ -1,0 +1,182 @@
+"""Overhead of `fpdm run` over the model's own generation time, on a 200-job catalog.
+
+`fpdm run` wraps the model in a Prefect flow on Prefect's embedded server: it starts the server,
+reads the manifest, plans batches, runs a task per batch, QCs every image (pose detection,
+identity checks), writes PNGs, sidecars, contact sheets and a run report. This script measures
+what all of that costs on top of the model, from one run of each:
+
+  model generation   the same batches the flow forms (pipeline.run.plan_run), generated the way
+                     pipeline.run._generate does (encode_source once per garment of a batch,
+                     encode_pose per job, one pipe call per batch): model time only, the model
+                     loaded beforehand, no QC, no writes
+  fpdm run           `fpdm run MANIFEST --output OUT --model tiny --device cpu --pose-backend
+                     keypoints` as a subprocess, wall clock from start to exit: interpreter and
+                     imports, Prefect's embedded server (fresh PREFECT_HOME), model load, the flow
+
+and prints the ratio `fpdm run / model generation`. The sidecars' timings split the flow's time
+into generation, QC and the rest (start-up, orchestration, writes, reports).
+
+    .venv/bin/python benchmarks/bench_flow_overhead.py [--jobs 200] [--steps 20] [--batch-size 8]
+
+The manifest is built in a temporary folder: garments are the drawn person of
+manifests/make_example.py in different stripe colours, 4 poses each (manifests/example/poses plus
+a mirrored walk), so 200 jobs are 50 garments x 4 poses. `fpdm run` goes first, so the in-process
+measurement cannot warm anything for it; the OS file cache is warm for both (this process has
+imported torch before either starts). Neither gets a warm-up call: the first batch is cold in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# manifests/ is a folder of example inputs, not an installed package: import its generator by path.
+sys.path.insert(0, str(REPO_ROOT / "manifests"))
+
+import torch  # noqa: E402
+from make_example import Look, draw_person, keypoints_for  # noqa: E402
+
+from model_core.pipeline_fpdm import FPDMPipeline  # noqa: E402
+from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, read_keypoints  # noqa: E402
+from pipeline.manifest import read_manifest  # noqa: E402
+from pipeline.planning import read_source  # noqa: E402
+from pipeline.run import RunSettings, plan_run  # noqa: E402
+
+POSE_DIR = REPO_ROOT / "manifests" / "example" / "poses"
+POSES_PER_GARMENT = 4
+
+
+def mirrored(keypoints: Keypoints) -> Keypoints:
+    """The pose seen in a mirror: x flipped and left/right joints swapped."""
+    points = keypoints.points[list(LEFT_RIGHT_SWAP)].copy()
+    points[:, 0] = keypoints.width - points[:, 0]
+    return Keypoints(points, keypoints.width, keypoints.height)
+
+
+def stripes(index: int, count: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A distinct pair of stripe colours per garment: hues around the circle, a pale partner."""
+    hue = index / count
+    dark = colorsys.hsv_to_rgb(hue, 0.75, 0.55 + 0.35 * (index % 2))
+    pale = colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.15, 0.95)
+    return tuple(round(255 * c) for c in dark), tuple(round(255 * c) for c in pale)
+
+
+def build_manifest(folder: Path, jobs: int, steps: int) -> Path:
+    """`jobs` rows, garment by garment, 4 poses each (the last garment may have fewer)."""
+    (folder / "poses").mkdir(parents=True)
+    (folder / "sources").mkdir()
+    poses = {name: read_keypoints(POSE_DIR / f"{name}.json") for name in ("front", "walk", "arms_up")}
+    poses["walk_mirrored"] = mirrored(poses["walk"])
+    for name, keypoints in poses.items():
+        (folder / "poses" / f"{name}.json").write_text(json.dumps(keypoints.to_json()))
+    garments = -(-jobs // POSES_PER_GARMENT)
+    rows = []
+    for g in range(garments):
+        garment_id = f"garment-{g:03d}"
+        image = draw_person(keypoints_for("front"), Look(stripe_colors=stripes(g, garments)))
+        image.save(folder / "sources" / f"{garment_id}.png")
+        for pose in poses:
+            rows.append([garment_id, f"sources/{garment_id}.png", f"poses/{pose}.json", pose.replace("_", "-"), steps])
+    manifest = folder / "manifest.csv"
+    with manifest.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["garment_id", "source_image", "target_pose", "variant_id", "steps"])
+        writer.writerows(rows[:jobs])
+    return manifest
+
+
+def time_fpdm_run(manifest: Path, output: Path, folder: Path, batch_size: int) -> tuple[float, subprocess.CompletedProcess]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # embedded server, always
+    env.update(PREFECT_HOME=str(folder / "prefect_home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    fpdm = Path(sys.executable).parent / "fpdm"
+    command = [str(fpdm), "run", str(manifest), "--output", str(output), "--model", "tiny", "--device", "cpu",
+               "--batch-size", str(batch_size), "--pose-backend", "keypoints"]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True)
+    return time.perf_counter() - started, result
+
+
+def time_model(manifest: Path, folder: Path, batch_size: int) -> tuple[float, int, int]:
+    """Model time for the flow's batches; returns (seconds, images, batches)."""
+    settings = RunSettings(model="tiny", device="cpu", batch_size=batch_size, pose_backend="keypoints")
+    plan = plan_run(read_manifest(str(manifest)), str(folder / "empty_output"), settings)
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    # Source photos are read before timing: reading files is not the model's time.
+    sources = {uri: read_source(uri).image for uri in {p.job.source_image for b in plan.batches for p in b.jobs}}
+    seconds = 0.0
+    for batch in plan.batches:
+        first = batch.jobs[0].job
+        started = time.perf_counter()
+        encodings = {uri: pipe.encode_source(sources[uri]) for uri in dict.fromkeys(p.job.source_image for p in batch.jobs)}
+        poses = [pipe.encode_pose(p.pose.keypoints) for p in batch.jobs]
+        pipe(
+            [encodings[p.job.source_image] for p in batch.jobs],
+            poses,
+            [p.job.seed for p in batch.jobs],
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=first.num_candidates,
+        )
+        seconds += time.perf_counter() - started
+    return seconds, plan.images, len(plan.batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200, help="jobs in the manifest (default: 200)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default: 8)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_flow_overhead_"))
+    manifest = build_manifest(folder / "catalog", args.jobs, args.steps)
+    output = folder / "out"
+
+    flow_s, result = time_fpdm_run(manifest, output, folder, args.batch_size)
+    sidecars = [s for s in (json.loads(p.read_text()) for p in output.glob("*/*.json")) if "timings" in s]
+    pngs = list(output.glob("*/*.png"))
+    if result.returncode != 0 or len(pngs) != args.jobs:
+        print(result.stdout[-3000:], result.stderr[-3000:], sep="\n", file=sys.stderr)
+        sys.exit(f"fpdm run exited {result.returncode} with {len(pngs)} PNGs (expected {args.jobs}); files in {folder}")
+    model_s, images, batches = time_model(manifest, folder, args.batch_size)
+    if images != args.jobs:
+        sys.exit(f"the plan has {images} images, expected {args.jobs}")
+
+    generation_s = sum(s["timings"]["generation_s"] for s in sidecars)
+    qc_s = sum(s["timings"]["qc_s"] for s in sidecars)
+    n = args.jobs
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"tiny preset on cpu, {n} jobs ({-(-n // POSES_PER_GARMENT)} garments x {POSES_PER_GARMENT} poses), "
+        f"{args.steps} steps, {batches} batches of <= {args.batch_size}, one run each"
+    )
+    print(f"{'':42}{'seconds':>9}{'ms/job':>9}")
+    rows = [
+        ("model generation (same batches)", model_s),
+        ("fpdm run, wall clock", flow_s),
+        ("  of which generation (sidecars)", generation_s),
+        ("  of which QC (sidecars)", qc_s),
+        ("  the rest: start-up, Prefect, writes", flow_s - generation_s - qc_s),
+    ]
+    for label, seconds in rows:
+        print(f"{label:42}{seconds:9.2f}{seconds / n * 1000:9.1f}")
+    print(f"Flow overhead: fpdm run takes {flow_s / model_s:.2f}x the model's own generation time")
+    if args.keep:
+        print(f"files: {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
