@@ -1,4 +1,5 @@
-"""Model commands: `fpdm generate`, `fpdm train {fusion,diffusion}`, `fpdm model {save-preset,info,assemble}`.
+"""Model commands: `fpdm generate`, `fpdm train {fusion,diffusion}`, `fpdm eval`,
+`fpdm model {save-preset,info,assemble}`.
 
 torch, diffusers and the model are imported inside the command functions: importing them takes
 seconds, which `fpdm --help` and the light commands of other modules should not pay.
@@ -51,6 +52,7 @@ def positive_float(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_generate(subparsers)
     register_train(subparsers)
+    register_eval(subparsers)
     register_model(subparsers)
 
 
@@ -197,6 +199,56 @@ def run_train_diffusion(args: argparse.Namespace) -> None:
 def print_training_summary(stage: str, result) -> None:
     last = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in result.last.items())
     print(f"trained {stage}: {result.steps} steps, last: {last or '-'}; model in {result.out}")
+
+
+# ----- fpdm eval ------------------------------------------------------------------------------
+
+
+def register_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure pose transfer on pairs with known targets",
+        description="Generate every pair of a pairs CSV (source_image,target_image,target_pose) and compare each "
+        "image with its target: SSIM, PSNR, garment-colour error inside the person's region, pose accuracy "
+        "(PCK of the generated figure) and figure overlap. --copy-source scores the baseline that returns "
+        "the source photo unchanged.",
+    )
+    parser.add_argument("--pairs", required=True, help="pairs CSV (paths relative to it)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="preset name or model directory")
+    what.add_argument("--copy-source", dest="copy_source", action="store_true", help="score the copy-the-source baseline")
+    parser.add_argument("--no-fusion", dest="no_fusion", action="store_true", help="sample without the fusion branch")
+    parser.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default 20)")
+    parser.add_argument("--guidance", type=positive_float, default=2.0, help="guidance scale (default 2.0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="pair i is sampled with seed + i (default 0)")
+    parser.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8, help="pairs per model call")
+    parser.add_argument("--limit", type=positive_int, help="only the first N pairs")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--json", action="store_true", help="print the result, with every pair's scores, as JSON")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from model_core.evaluation import METRICS, evaluate
+    from model_core.pipeline_fpdm import FPDMPipeline
+    from model_core.training import read_pairs
+
+    pairs = read_pairs(args.pairs)[: args.limit]
+    # The baseline needs only a frame to compare in: the tiny preset's, unless a model is named.
+    pipe = FPDMPipeline.from_pretrained(args.model or "tiny", device=args.device)
+    result = evaluate(
+        pipe, pairs, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        use_fusion=not args.no_fusion, batch_size=args.batch_size, copy_source=args.copy_source,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    means = result.means()
+    print(f"{result.method} ({'-' if args.copy_source else result.model}), {len(result.scores)} pairs")
+    for name in METRICS:
+        print(f"  {name:<14} {means[name]:.4f}")
+    for notice in result.notices:
+        print(f"note: {notice}")
 
 
 # ----- fpdm model ---------------------------------------------------------------------------

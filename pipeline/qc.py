@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from model_core.errors import InputError
-from model_core.images import PHOTO_FILL
+from model_core.images import PHOTO_FILL, srgb_to_lab
 from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, fit_image
 from pipeline.poses import NoPersonFound, pck
 
@@ -445,8 +445,8 @@ def _appearance(
     if smallest < config.colour_min_pixels:
         checks.flag(REVIEW, "appearance not measured: the source and the image show too little of the same body parts")
         return
-    source_lab = _srgb_to_lab(np.asarray(source)[source_region])
-    picture_lab = _srgb_to_lab(np.asarray(picture)[picture_region])
+    source_lab = srgb_to_lab(np.asarray(source)[source_region])
+    picture_lab = srgb_to_lab(np.asarray(picture)[picture_region])
     in_source = _colour_coverage(picture_lab, source_lab, config.colour_tolerance)
     kept = _colour_coverage(source_lab, picture_lab, config.colour_tolerance)
     # Both ways: new colours (another garment, a hue shift) lower the first, lost colours
@@ -485,16 +485,6 @@ def _person_region(keypoints: Keypoints, shared: np.ndarray) -> np.ndarray:
             for x, y in (points[start], points[end]):  # round joints, no gaps at the elbows
                 draw.ellipse([x - half_width, y - half_width, x + half_width, y + half_width], fill=255)
     return np.asarray(mask) > 0
-
-
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """(N, 3) sRGB uint8 -> CIE Lab (D65): distances there follow perceived colour difference."""
-    linear = rgb.astype(np.float32) / 255.0
-    linear = np.where(linear <= 0.04045, linear / 12.92, ((linear + 0.055) / 1.055) ** 2.4)
-    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], np.float32)
-    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883], np.float32)
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
-    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
 
 
 def _colour_coverage(colours: np.ndarray, palette: np.ndarray, tolerance: float) -> float:
