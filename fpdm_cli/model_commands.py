@@ -19,6 +19,9 @@ from pathlib import Path
 TRAIN_FUSION_OPTIONS = (
     "max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed",
 )
+TRAIN_VAE_OPTIONS = (
+    "max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed",
+)
 TRAIN_DIFFUSION_OPTIONS = (
     "stage2_only", "max_steps", "epochs", "batch_size", "gradient_accumulation", "learning_rate",
     "warmup_steps", "checkpoint_every", "resume", "device", "seed",
@@ -131,8 +134,19 @@ def output_names(pose_paths: list[Path]) -> list[str]:
 
 
 def register_train(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train stage 1 (fusion) or stage 2 (diffusion)")
+    parser = subparsers.add_parser("train", help="train the autoencoder, stage 1 (fusion) or stage 2 (diffusion)")
     train_commands = parser.add_subparsers(dest="train_command", required=True, metavar="STAGE")
+
+    vae = train_commands.add_parser(
+        "vae",
+        argument_default=argparse.SUPPRESS,
+        help="fit the autoencoder to the pairs' photos (small models of a new domain)",
+        description="Fit the model's VAE to the photos of a pairs CSV and set its latent scale. For small models "
+        "trained from scratch (the demo); production models keep Stable Diffusion's VAE.",
+    )
+    vae.add_argument("--model", required=True, help="preset name or model directory to start from")
+    add_common_train_options(vae)
+    vae.set_defaults(run=run_train_vae)
 
     fusion = train_commands.add_parser(
         "fusion",
@@ -180,6 +194,13 @@ def add_common_train_options(parser: argparse.ArgumentParser) -> None:
 
 def given_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def run_train_vae(args: argparse.Namespace) -> None:
+    from model_core.training import train_vae
+
+    result = train_vae(args.model, args.pairs, args.out, **given_options(args, TRAIN_VAE_OPTIONS))
+    print_training_summary("vae", result)
 
 
 def run_train_fusion(args: argparse.Namespace) -> None:

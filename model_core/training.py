@@ -397,6 +397,66 @@ def _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, 
     return F.mse_loss(prediction.float(), target.float())
 
 
+def train_vae(
+    model: str | Path,
+    pairs: str | Path,
+    out: str | Path,
+    *,
+    max_steps: int | None = None,
+    epochs: int = 50,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    kl_weight: float = 1e-6,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+) -> TrainResult:
+    """Fit the autoencoder to the pairs' photos (sources and targets), for a small model of a
+    new domain whose VAE no public checkpoint covers: stage 2 learns in its latent space, so it
+    comes first. Reconstruction (L1 + MSE) with a small KL term that keeps the latents near
+    N(0, 1); the latent scale is then set so they have unit variance, as diffusion expects.
+    Production models keep Stable Diffusion's VAE and skip this."""
+    pair_list = read_pairs(pairs)
+    run = _Run(Path(out), resume)
+    torch_device = resolve_device(device)
+    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    photos = sorted({path for pair in pair_list for path in (pair.source_image, pair.target_image)})
+    images = torch.stack([pil_to_tensor(pipe.geometry.photo(load_image(path))) * 2 - 1 for path in photos])
+    batch_size = min(batch_size, len(images))
+    vae = pipe.vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    total = _total_steps(max_steps, epochs, len(images), batch_size)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(100, total // 10), num_training_steps=total)
+    done = run.load_state(optimizer, lr_scheduler)
+
+    record: dict = {}
+    for step in range(done + 1, total + 1):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        batch = images[batch_indices(step - 1, len(images), batch_size, seed)].to(torch_device)
+        posterior = vae.encode(batch).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(torch_device)
+        reconstruction = vae.decode(latents).sample
+        l1 = F.l1_loss(reconstruction, batch)
+        loss = l1 + F.mse_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        learning_rate_used = lr_scheduler.get_last_lr()[0]
+        optimizer.step()
+        lr_scheduler.step()
+        record = {"step": step, "loss": loss.item(), "l1": l1.item(), "lr": learning_rate_used}
+        run.log(record)
+        if step % checkpoint_every == 0 and step < total:
+            run.checkpoint(pipe, optimizer, lr_scheduler, step)
+
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        means = torch.cat([vae.encode(images[i : i + 64].to(torch_device)).latent_dist.mean for i in range(0, len(images), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    pipe.save_pretrained(run.out)
+    return TrainResult(run.out, total, {**record, "scaling_factor": vae.config.scaling_factor})
+
+
 def without_fusion(pipe: FPDMPipeline) -> FPDMPipeline:
     """The stage-2-only variant of a model: the UNet without its class embedding, no stage 1.
 

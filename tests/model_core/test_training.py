@@ -162,3 +162,18 @@ def test_target_poses_on_another_canvas_than_their_photo_are_accepted(pairs_csv,
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
     data = PairTensors(read_pairs(csv), pipe)
     assert torch.allclose(data.item(0)["skeleton"], data.item(1)["skeleton"], atol=0.02)
+
+
+def test_vae_training_fits_the_photos_and_sets_the_latent_scale(pairs_csv, tmp_path):
+    from model_core.training import train_vae
+
+    result = train_vae("tiny", pairs_csv, tmp_path / "vae", max_steps=30, batch_size=8, device="cpu", checkpoint_every=15)
+    log = _log(tmp_path / "vae")
+    assert [r["step"] for r in log] == list(range(1, 31)) and (tmp_path / "vae" / "checkpoint-000015").is_dir()
+    assert sum(r["l1"] for r in log[-5:]) < 0.7 * sum(r["l1"] for r in log[:5])  # it learns to reconstruct
+    trained = FPDMPipeline.from_pretrained(result.out, device="cpu")
+    assert trained.vae.config.scaling_factor == pytest.approx(result.last["scaling_factor"])
+    assert trained.vae.config.scaling_factor != FPDMPipeline.from_pretrained("tiny").vae.config.scaling_factor
+    # Everything but the VAE is the model it started from.
+    tiny = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(), tiny.unet.state_dict().values()))
