@@ -34,7 +34,7 @@ from .errors import InputError
 from .fusion import FusionModel
 from .images import PHOTO_FILL, SKELETON_FILL, ModelGeometry, pil_to_tensor, square_encoder_input, tensor_to_pil
 from .poses import Keypoints
-from .presets import PRESETS, RANDOM_INIT_PRESETS, preset_config
+from .presets import PRESETS, RANDOM_INIT_PRESETS, preset_config, trained_preset_directory
 from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector, denoise, uses_fusion
 
 FORMAT_VERSION = 1
@@ -74,6 +74,7 @@ def model_checksum(model: str | Path) -> str:
     training output directory also holds), or over a random-init preset's config, whose fixed
     seed makes it the weights. Outputs record it, so a rerun with other weights is not a skip."""
     digest = hashlib.sha256()
+    model = trained_preset_directory(model) or model
     if isinstance(model, str) and model in PRESETS and not Path(model).exists():
         digest.update(json.dumps(preset_config(model), sort_keys=True).encode())
         return digest.hexdigest()
@@ -173,7 +174,9 @@ class FPDMPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-        """A model directory, or the name of a preset whose random initialisation is a model."""
+        """A model directory, the name of a trained preset (`demo`), or the name of a preset whose
+        random initialisation is a model."""
+        model = trained_preset_directory(model) or model
         if isinstance(model, str) and model in PRESETS and not Path(model).exists():
             if model not in RANDOM_INIT_PRESETS:
                 raise InputError(

@@ -12,6 +12,7 @@ that a model directory stores in its config files:
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from .errors import InputError
 
@@ -115,10 +116,41 @@ FPDM_SD21 = {
     "scheduler": dict(_DDIM_SD, prediction_type="v_prediction"),
 }
 
-PRESETS = {"tiny": TINY, "fpdm-sd21": FPDM_SD21}
-# Presets whose random initialisation is useful as a model (tests, smoke runs). The
-# production preset at random weights would only render noise slowly.
-RANDOM_INIT_PRESETS = {"tiny"}
+# The demo's architecture: tiny's encoders, a VAE that downsamples 4x (16x12 latents keep a
+# 64x48 figure's limbs apart) and a three-level UNet; about 5.8 M parameters, 23 MB in float32.
+# Trained from this random initialisation on the synthetic catalog (`fpdm synth`), it becomes
+# the `demo` preset: see model_core/trained/demo/README.md for how.
+DEMO_INIT = copy.deepcopy(TINY)
+DEMO_INIT["name"] = "demo-init"
+DEMO_INIT["pose_embedding"] = {"out_channels": 64, "block_out_channels": [16, 32, 64]}
+DEMO_INIT["unet"].update(
+    sample_size=[16, 12],
+    block_out_channels=[64, 96, 128],
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+)
+DEMO_INIT["vae"].update(
+    down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 48, 64]
+)
+
+PRESETS = {"tiny": TINY, "demo-init": DEMO_INIT, "fpdm-sd21": FPDM_SD21}
+# Presets whose random initialisation is useful as a model (tests, smoke runs, the start of
+# training). The production preset at random weights would only render noise slowly.
+RANDOM_INIT_PRESETS = {"tiny", "demo-init"}
+
+
+# Presets that are trained model directories shipped in the package.
+TRAINED_PRESETS = {"demo": Path(__file__).resolve().parent / "trained" / "demo"}
+
+
+def trained_preset_directory(model) -> Path | None:
+    """The model directory behind a trained preset's name (unless a local path has that name)."""
+    if isinstance(model, str) and model in TRAINED_PRESETS and not Path(model).exists():
+        directory = TRAINED_PRESETS[model]
+        if not (directory / "model_index.json").is_file():
+            raise InputError(f"preset {model!r}: its weights are not in this installation ({directory})")
+        return directory
+    return None
 
 
 def preset_config(name: str) -> dict:
