@@ -8,12 +8,12 @@ import os
 import sys
 import warnings
 
-from fpdm_cli import catalog_commands, model_commands, run_commands
+from fpdm_cli import catalog_commands, data_commands, model_commands, run_commands
 from model_core.errors import InputError
 
 # Every module here has `register(subparsers)`, which adds its commands and sets `run` on each
 # to the function that carries it out; `run` may return an exit code. Later issues add theirs.
-COMMAND_MODULES = (model_commands, catalog_commands, run_commands)
+COMMAND_MODULES = (model_commands, catalog_commands, run_commands, data_commands)
 
 # argparse exits 2 on a usage error; a bad input file is the same kind of mistake.
 EXIT_BAD_INPUT = 2
