@@ -137,7 +137,9 @@ def pose_variants(
     only = Selection.failed_in(retry_of) if retry_of else None
     summary = run_summary(manifest, output, settings, flow_run=run_id, retry_of=retry_of, shard=shard)
     rows = read_manifest_task(manifest)
-    detect_reference_poses(rows, output, settings, only)
+    if shard is None:
+        # A shard's parent has detected them already; the shard finds them in the pose cache.
+        detect_reference_poses(rows, output, settings, only)
 
     if shards > 1:
         outcomes = run_shards(rows, output, settings, shards, only, summary)
