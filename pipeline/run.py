@@ -128,10 +128,6 @@ class RunResult:
     report_uri: str
     outcomes: list[JobOutcome]
 
-    @property
-    def failed(self) -> list[JobOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
