@@ -177,3 +177,22 @@ def test_vae_training_fits_the_photos_and_sets_the_latent_scale(pairs_csv, tmp_p
     # Everything but the VAE is the model it started from.
     tiny = FPDMPipeline.from_pretrained("tiny", device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(), tiny.unet.state_dict().values()))
+
+
+def test_vae_reconstruction_loss_weighs_the_figure_and_its_colour_over_the_background():
+    from model_core.training import garment_weighted_reconstruction_loss as loss
+
+    target = torch.full((1, 3, 16, 12), 0.9)  # a light catalog background...
+    target[:, :, 4:12, 3:9] = torch.tensor([0.6, -0.6, -0.6]).view(1, 3, 1, 1)  # ...and a red garment
+    on_background, on_figure = target.clone(), target.clone()
+    on_background[:, :, 0:8, 0:3] -= 0.2  # the same darkening, 24 pixels each
+    on_figure[:, :, 4:12, 3:6] -= 0.2
+    assert loss(target, target) == 0
+    assert loss(on_figure, target) > 3 * loss(on_background, target)
+    # The garment recoloured (red to green) costs more than darkened by as much per channel.
+    darker, recoloured = target.clone(), target.clone()
+    darker[:, :, 4:12, 3:9] -= 0.4
+    recoloured[:, 0, 4:12, 3:9] -= 0.4
+    recoloured[:, 1, 4:12, 3:9] += 0.4
+    recoloured[:, 2, 4:12, 3:9] -= 0.4
+    assert loss(recoloured, target) > 1.5 * loss(darker, target)
