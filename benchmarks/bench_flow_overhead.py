@@ -18,9 +18,9 @@ into generation, QC and the rest (start-up, orchestration, writes, reports).
 
     .venv/bin/python benchmarks/bench_flow_overhead.py [--jobs 200] [--steps 20] [--batch-size 8]
 
-The manifest is built in a temporary folder: garments are the drawn person of
-manifests/make_example.py in different stripe colours, 4 poses each (manifests/example/poses plus
-a mirrored walk), so 200 jobs are 50 garments x 4 poses. `fpdm run` goes first, so the in-process
+The manifest is built in a temporary folder by pipeline.synthetic.write_catalog_manifest (the
+generator of manifests/example.csv): synthetic garments, a source photo and 3 target poses each,
+so 200 jobs are 67 garments x 3 poses (the last one cut short). `fpdm run` goes first, so the in-process
 measurement cannot warm anything for it; the OS file cache is warm for both (this process has
 imported torch before either starts). Neither gets a warm-up call: the first batch is cold in both.
 """
@@ -28,7 +28,6 @@ imported torch before either starts). Neither gets a warm-up call: the first bat
 from __future__ import annotations
 
 import argparse
-import colorsys
 import csv
 import json
 import os
@@ -39,60 +38,27 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# manifests/ is a folder of example inputs, not an installed package: import its generator by path.
-sys.path.insert(0, str(REPO_ROOT / "manifests"))
+import torch
 
-import torch  # noqa: E402
-from make_example import Look, draw_person, keypoints_for  # noqa: E402
+from model_core.pipeline_fpdm import FPDMPipeline
+from pipeline.manifest import read_manifest
+from pipeline.planning import read_source
+from pipeline.run import RunSettings, plan_run
+from pipeline.synthetic import POSES_PER_PERSON, write_catalog_manifest
 
-from model_core.pipeline_fpdm import FPDMPipeline  # noqa: E402
-from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, read_keypoints  # noqa: E402
-from pipeline.manifest import read_manifest  # noqa: E402
-from pipeline.planning import read_source  # noqa: E402
-from pipeline.run import RunSettings, plan_run  # noqa: E402
-
-POSE_DIR = REPO_ROOT / "manifests" / "example" / "poses"
-POSES_PER_GARMENT = 4
-
-
-def mirrored(keypoints: Keypoints) -> Keypoints:
-    """The pose seen in a mirror: x flipped and left/right joints swapped."""
-    points = keypoints.points[list(LEFT_RIGHT_SWAP)].copy()
-    points[:, 0] = keypoints.width - points[:, 0]
-    return Keypoints(points, keypoints.width, keypoints.height)
-
-
-def stripes(index: int, count: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """A distinct pair of stripe colours per garment: hues around the circle, a pale partner."""
-    hue = index / count
-    dark = colorsys.hsv_to_rgb(hue, 0.75, 0.55 + 0.35 * (index % 2))
-    pale = colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.15, 0.95)
-    return tuple(round(255 * c) for c in dark), tuple(round(255 * c) for c in pale)
+POSES_PER_GARMENT = POSES_PER_PERSON - 1  # a person's other poses are the targets of their source photo
 
 
 def build_manifest(folder: Path, jobs: int, steps: int) -> Path:
-    """`jobs` rows, garment by garment, 4 poses each (the last garment may have fewer)."""
-    (folder / "poses").mkdir(parents=True)
-    (folder / "sources").mkdir()
-    poses = {name: read_keypoints(POSE_DIR / f"{name}.json") for name in ("front", "walk", "arms_up")}
-    poses["walk_mirrored"] = mirrored(poses["walk"])
-    for name, keypoints in poses.items():
-        (folder / "poses" / f"{name}.json").write_text(json.dumps(keypoints.to_json()))
-    garments = -(-jobs // POSES_PER_GARMENT)
-    rows = []
-    for g in range(garments):
-        garment_id = f"garment-{g:03d}"
-        image = draw_person(keypoints_for("front"), Look(stripe_colors=stripes(g, garments)))
-        image.save(folder / "sources" / f"{garment_id}.png")
-        for pose in poses:
-            rows.append([garment_id, f"sources/{garment_id}.png", f"poses/{pose}.json", pose.replace("_", "-"), steps])
-    manifest = folder / "manifest.csv"
-    with manifest.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["garment_id", "source_image", "target_pose", "variant_id", "steps"])
-        writer.writerows(rows[:jobs])
-    return manifest
+    """`jobs` rows, garment by garment (the last garment may have fewer), all at `steps` steps."""
+    catalog = write_catalog_manifest(folder, -(-jobs // POSES_PER_GARMENT), seed=3)
+    with catalog.manifest.open(newline="") as file:
+        rows = list(csv.DictReader(file))[:jobs]
+    with catalog.manifest.open("w", newline="") as file:
+        writer = csv.DictWriter(file, [*rows[0], "steps"])
+        writer.writeheader()
+        writer.writerows({**row, "steps": steps} for row in rows)
+    return catalog.manifest
 
 
 def time_fpdm_run(manifest: Path, output: Path, folder: Path, batch_size: int) -> tuple[float, subprocess.CompletedProcess]:

@@ -10,50 +10,31 @@ causes: the cached source encoding and the batching.
 
     .venv/bin/python benchmarks/bench_source_cache.py [--steps 20] [--repeats 3]
 
-Sources are the drawn person of manifests/make_example.py in four garment colours; poses are
-manifests/example/poses plus a mirrored walk. Every path draws the same noise for a job, so
-they render the same images up to float rounding (printed); only the time differs.
+Sources are four garments of the synthetic catalog (pipeline.synthetic, seed 3: the garments of
+manifests/example.csv and one more), each in its first pose; the poses, shared by all four, are
+the first garment's four poses. Every path draws the same noise for a job, so they render the
+same images up to float rounding (printed); only the time differs.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# manifests/ is a folder of example inputs, not an installed package: import its generator by path.
-sys.path.insert(0, str(REPO_ROOT / "manifests"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from make_example import Look, draw_person, keypoints_for  # noqa: E402
+from model_core.pipeline_fpdm import FPDMPipeline
+from pipeline.synthetic import render_person
 
-from model_core.pipeline_fpdm import FPDMPipeline  # noqa: E402
-from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, read_keypoints  # noqa: E402
-
-POSE_DIR = REPO_ROOT / "manifests" / "example" / "poses"
-GARMENT_STRIPES = (
-    ((214, 60, 52), (250, 236, 214)),  # red / cream (the example's)
-    ((30, 110, 160), (235, 240, 245)),  # blue / white
-    ((40, 130, 70), (250, 220, 90)),  # green / yellow
-    ((40, 40, 40), (200, 200, 200)),  # black / grey
-)
-SEED = 0
-
-
-def mirrored(keypoints: Keypoints) -> Keypoints:
-    """The pose seen in a mirror: x flipped and left/right joints swapped."""
-    points = keypoints.points[list(LEFT_RIGHT_SWAP)].copy()
-    points[:, 0] = keypoints.width - points[:, 0]
-    return Keypoints(points, keypoints.width, keypoints.height)
+SEED = 0  # of the sampling noise
+GARMENTS = 4
 
 
 def load_jobs():
-    sources = [draw_person(keypoints_for("front"), Look(stripe_colors=stripes)) for stripes in GARMENT_STRIPES]
-    poses = [read_keypoints(POSE_DIR / f"{name}.json") for name in ("front", "walk", "arms_up")]
-    poses.append(mirrored(poses[1]))
+    people = [render_person(3, index) for index in range(GARMENTS)]
+    sources = [figures[0][1].image for _, _, figures in people]
+    poses = [figure.keypoints for _, figure in people[0][2]]
     return sources, poses
 
 

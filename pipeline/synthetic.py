@@ -36,6 +36,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -942,6 +943,69 @@ def write_dataset(
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n")
     return SynthResult(out, pairs_csv, len(rows), len(people_meta), len(image_rows))
+
+
+@dataclass(frozen=True)
+class CatalogExample:
+    manifest: Path
+    garments: list[str]
+    jobs: int
+
+
+def write_catalog_manifest(
+    out: str | Path,
+    garments: int,
+    seed: int = 0,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    poses_per_person: int = POSES_PER_PERSON,
+    manifest: str | Path | None = None,
+) -> CatalogExample:
+    """Write a catalog manifest of synthetic garments, as a catalog team would lay one out: per
+    garment a source photo and target poses, and `manifest.csv` with one row per (garment, pose).
+
+        OUT/<garment>/source.png             the person's first front view (first pose if none)
+        OUT/<garment>/poses/<variant>.json   the person's other poses, coco18 keypoints
+        OUT/<garment>/truth/<variant>.png    what each variant should look like: the person
+                                             photographed in that pose (not read by a run)
+        manifest (default OUT/manifest.csv) garment_id,source_image,target_pose,variant_id,notes
+
+    Garment ids are `<garment id>-<texture>` (s3g0001-logo); variant ids are the pose family and
+    view (walk-side), numbered where a person repeats one. Paths in the manifest are relative to it.
+    """
+    if isinstance(garments, bool) or not isinstance(garments, int) or garments < 1:
+        raise InputError(f"garments must be at least 1, got {garments!r}")
+    check_size(size)
+    out = Path(out)
+    manifest = Path(manifest) if manifest is not None else out / "manifest.csv"
+    relative = Path(os.path.relpath(out, manifest.parent))  # "." when the manifest is in OUT
+    rows, garment_ids = [], []
+    for index in range(garments):
+        person, garment, figures = render_person(seed, index, size, poses_per_person)
+        views = [pose.view for pose, _ in figures]
+        source = views.index("front") if "front" in views else 0
+        folder_name = f"{garment.id}-{garment.texture}"
+        folder = out / folder_name
+        (folder / "poses").mkdir(parents=True, exist_ok=True)
+        (folder / "truth").mkdir(exist_ok=True)
+        _write_png(figures[source][1].image, folder / "source.png")
+        described = garment.describe()
+        notes = f"{described['texture']} {described['top_colour']} top, {garment.sleeves} sleeves, {garment.bottoms}"
+        seen: dict[str, int] = {}
+        for k, (pose, figure) in enumerate(figures):
+            if k == source:
+                continue
+            variant = f"{pose.family.replace('_', '-')}-{pose.view}"
+            seen[variant] = seen.get(variant, 0) + 1
+            if seen[variant] > 1:
+                variant = f"{variant}-{seen[variant]}"
+            (folder / "poses" / f"{variant}.json").write_text(keypoints_json(figure.keypoints))
+            _write_png(figure.image, folder / "truth" / f"{variant}.png")
+            source_path, pose_path = relative / folder_name / "source.png", relative / folder_name / "poses" / f"{variant}.json"
+            rows.append((folder_name, source_path.as_posix(), pose_path.as_posix(), variant, notes))
+        garment_ids.append(folder_name)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(manifest, ["garment_id", "source_image", "target_pose", "variant_id", "notes"], rows)
+    return CatalogExample(manifest, garment_ids, len(rows))
 
 
 def keypoints_json(keypoints: Keypoints) -> str:

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO_ROOT / "manifests" / "example"
+EXAMPLE = REPO_ROOT / "manifests" / "example" / "s3g0000-dots"  # one garment of the README's example
 EXAMPLE_SOURCE = EXAMPLE / "source.png"
-FRONT_POSE = EXAMPLE / "poses" / "front.json"
-WALK_POSE = EXAMPLE / "poses" / "walk.json"
+FRONT_POSE = EXAMPLE / "poses" / "arms-folded-front.json"
+WALK_POSE = EXAMPLE / "poses" / "walk-front.json"
+# What generate_example writes: <pose file stem>_s<sample>.png.
+GENERATED = ("arms-folded-front_s0.png", "arms-folded-front_s1.png", "walk-front_s0.png", "walk-front_s1.png")
 
 # Small enough for a CPU in seconds; two poses and two samples exercise the batching and naming.
 QUICK_GENERATE = ["--steps", "2", "--samples", "2", "--seed", "7", "--device", "cpu"]
@@ -62,13 +64,13 @@ def saved_tiny(tmp_path_factory) -> Path:
 def test_generate_writes_one_png_per_pose_and_sample_and_prints_them(tiny_generation):
     result, out = tiny_generation
     assert result.returncode == 0, result.stderr
-    expected = [out / name for name in ("front_s0.png", "front_s1.png", "walk_s0.png", "walk_s1.png")]
+    expected = [out / name for name in GENERATED]
     assert result.stdout.split() == [str(path) for path in expected]
     assert sorted(out.iterdir()) == sorted(expected)
     for path in expected:
         assert path.read_bytes().startswith(b"\x89PNG")
     # Samples of one pose start from different noise.
-    assert (out / "front_s0.png").read_bytes() != (out / "front_s1.png").read_bytes()
+    assert (out / "arms-folded-front_s0.png").read_bytes() != (out / "arms-folded-front_s1.png").read_bytes()
 
 
 def test_saved_preset_generates_the_same_images_as_the_preset(tiny_generation, saved_tiny, tmp_path):
@@ -76,12 +78,12 @@ def test_saved_preset_generates_the_same_images_as_the_preset(tiny_generation, s
     assert preset_result.returncode == 0, preset_result.stderr
     result = generate_example(saved_tiny, tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ("front_s0.png", "front_s1.png", "walk_s0.png", "walk_s1.png"):
+    for name in GENERATED:
         assert (tmp_path / name).read_bytes() == (preset_out / name).read_bytes(), name
 
 
 def test_poses_sharing_a_file_stem_get_distinct_outputs(tmp_path):
-    other_front = tmp_path / "other" / "front.json"
+    other_front = tmp_path / "other" / FRONT_POSE.name
     other_front.parent.mkdir()
     shutil.copy(WALK_POSE, other_front)
     out = tmp_path / "out"
@@ -90,7 +92,7 @@ def test_poses_sharing_a_file_stem_get_distinct_outputs(tmp_path):
         "--out", out, "--steps", "1", "--device", "cpu",
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(path.name for path in out.iterdir()) == ["front-1_s0.png", "front-2_s0.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["arms-folded-front-1_s0.png", "arms-folded-front-2_s0.png"]
 
 
 def test_unreadable_source_image_is_one_error_line_naming_it(tmp_path):

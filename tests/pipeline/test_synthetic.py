@@ -317,3 +317,33 @@ def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
             | padded[:-2, :-2] | padded[:-2, 2:] | padded[2:, :-2] | padded[2:, 2:]
         )
     return grown
+
+
+def test_catalog_manifest_lists_each_garments_other_poses_with_a_source_photo_and_the_truth(tmp_path):
+    from PIL import Image
+
+    from pipeline.manifest import read_manifest
+    from pipeline.synthetic import write_catalog_manifest
+
+    catalog = write_catalog_manifest(tmp_path / "example", 3, seed=3, manifest=tmp_path / "example.csv")
+    manifest = read_manifest(str(tmp_path / "example.csv"))
+    assert not manifest.problems and catalog.jobs == len(manifest.rows) == 9
+    assert [row.garment_id for row in manifest.rows] == [g for g in catalog.garments for _ in range(3)]
+    assert all(g.endswith(sample_garment(3, i).texture) for i, g in enumerate(catalog.garments))
+    for index, garment in enumerate(catalog.garments):
+        _, _, figures = render_person(3, index)
+        rows = [row for row in manifest.rows if row.garment_id == garment]
+        source = np.asarray(Image.open(rows[0].source_image))
+        # The source is the person's first front view, or their first pose when none faces the camera.
+        views = [pose.view for pose, _ in figures]
+        source_index = views.index("front") if "front" in views else 0
+        assert np.array_equal(source, np.asarray(figures[source_index][1].image))
+        others = [figure for k, (_, figure) in enumerate(figures) if k != source_index]
+        assert len({row.variant_id for row in rows}) == 3
+        for row, figure in zip(rows, others):
+            # Each target pose is that pose's keypoints; truth/ holds the photo in that pose.
+            assert np.allclose(read_keypoints(row.target_pose).points, figure.keypoints.points, atol=0.01)
+            truth = tmp_path / "example" / garment / "truth" / f"{row.variant_id}.png"
+            assert np.array_equal(np.asarray(Image.open(truth)), np.asarray(figure.image))
+    # Another seed, other garments.
+    assert not set(write_catalog_manifest(tmp_path / "other", 3, seed=4).garments) & set(catalog.garments)
