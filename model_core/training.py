@@ -451,11 +451,26 @@ def train_vae(
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
 
     vae.eval().requires_grad_(False)
+    make_encoder_deterministic(vae)
     with torch.no_grad():
         means = torch.cat([vae.encode(images[i : i + 64].to(torch_device)).latent_dist.mean for i in range(0, len(images), 64)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
     pipe.save_pretrained(run.out)
     return TrainResult(run.out, total, {**record, "scaling_factor": vae.config.scaling_factor})
+
+
+def make_encoder_deterministic(vae) -> None:
+    """Set the encoder's posterior variance to (nearly) zero: exp(-30) by diffusers' clamp.
+
+    train_vae decodes the posterior mean, so the variance half of the encoder's output was never
+    trained to mean anything, and the KL term drove it to 1. Stage-2 training encodes its
+    targets by sampling the posterior; with that variance the "clean" latents would be mostly
+    noise (measured: a demo UNet stuck at loss 0.48 drawing coloured blobs). With it at zero,
+    a sample is the mean, the latent the decoder was trained on."""
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:] = 0.0
+        vae.quant_conv.bias[channels:] = -30.0
 
 
 def garment_weighted_reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,9 @@ def test_vae_training_fits_the_photos_and_sets_the_latent_scale(pairs_csv, tmp_p
     trained = FPDMPipeline.from_pretrained(result.out, device="cpu")
     assert trained.vae.config.scaling_factor == pytest.approx(result.last["scaling_factor"])
     assert trained.vae.config.scaling_factor != FPDMPipeline.from_pretrained("tiny").vae.config.scaling_factor
+    # It was trained on the posterior mean, so its posterior is the mean: stage 2 samples it.
+    photos = torch.rand(4, 3, 64, 48) * 2 - 1
+    assert trained.vae.encode(photos).latent_dist.std.max() < 1e-6
     # Everything but the VAE is the model it started from.
     tiny = FPDMPipeline.from_pretrained("tiny", device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(), tiny.unet.state_dict().values()))
