@@ -337,14 +337,18 @@ def run_model_info(args: argparse.Namespace) -> None:
     import torch
 
     from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
-    from model_core.presets import PRESETS, RANDOM_INIT_PRESETS, preset_config
+    from model_core.presets import PRESETS, RANDOM_INIT_PRESETS, preset_config, trained_preset_directory
 
-    # The rule FPDMPipeline.from_pretrained applies: a preset name, unless such a path exists.
+    # The rules FPDMPipeline.from_pretrained applies: a preset name, unless such a path exists.
+    trained_directory = trained_preset_directory(args.model)
     is_preset = args.model in PRESETS and not Path(args.model).exists()
     has_weights = not is_preset or args.model in RANDOM_INIT_PRESETS
     if has_weights:
         pipe = FPDMPipeline.from_pretrained(args.model, device="cpu")
-        origin = "preset, random-initialised weights" if is_preset else f"model directory {args.model}"
+        if trained_directory is not None:
+            origin = f"trained preset, model directory {trained_directory}"
+        else:
+            origin = "preset, random-initialised weights" if is_preset else f"model directory {args.model}"
     else:
         # Architecture only, on the meta device: counts the parameters without allocating them.
         with torch.device("meta"):
@@ -369,7 +373,7 @@ def run_model_info(args: argparse.Namespace) -> None:
         elif is_preset:
             dtype = str(module.dtype).removeprefix("torch.")
         else:
-            dtype = stored_dtype(Path(args.model) / part)
+            dtype = stored_dtype(Path(trained_directory or args.model) / part)
         print(f"  {part:<17} {count:>13,} parameters  {dtype}")
     print(f"  {'total':<17} {total:>13,} parameters")
 
