@@ -226,6 +226,12 @@ class FPDMPipeline:
         path.mkdir(parents=True, exist_ok=True)
         for part, module in self.modules().items():
             module.save_pretrained(path / part, safe_serialization=True)
+            # diffusers records where a part was loaded from; a model directory's files (and so
+            # its checksum, which decides reruns) must not depend on where it was saved from.
+            config_file = path / part / "config.json"
+            config = json.loads(config_file.read_text())
+            if config.pop("_name_or_path", None) is not None:
+                config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self.scheduler.save_pretrained(path / "scheduler")
         index = {
             "_class_name": type(self).__name__,

@@ -206,6 +206,9 @@ def test_a_model_directory_with_a_missing_tensor_is_refused(pipe, tmp_path):
 def test_model_checksum_follows_the_weights_not_the_folder(pipe, tmp_path):
     first, second = pipe.save_pretrained(tmp_path / "a"), pipe.save_pretrained(tmp_path / "b")
     assert model_checksum(first) == model_checksum(second)  # same weights in another folder
+    # ...and saved again after loading from either folder: where it came from is not recorded.
+    resaved = FPDMPipeline.from_pretrained(second, device="cpu").save_pretrained(tmp_path / "c")
+    assert model_checksum(resaved) == model_checksum(first)
     assert model_checksum("tiny") == model_checksum("tiny") != model_checksum(first)
     (second / "checkpoint-000100").mkdir()  # a training output directory's extras
     (second / "checkpoint-000100" / "training_state.pt").write_bytes(b"x")
