@@ -98,6 +98,9 @@ def quiet_prefect() -> None:
     every outcome. PREFECT_LOGGING_LEVEL=INFO shows them again."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded server's first start creates and migrates its database; on a busy 2-core
+    # machine that took longer than Prefect's default 20 s and the run died before it began.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 class StageBars:
