@@ -133,6 +133,18 @@ def test_model_info_of_a_directory_prints_its_checksum(saved_tiny):
     assert f"checksum: {model_checksum(saved_tiny)}" in result.stdout
 
 
+def test_model_info_of_the_trained_demo_preset_names_its_directory_and_stored_dtype():
+    from model_core.pipeline_fpdm import model_checksum
+    from model_core.presets import TRAINED_PRESETS
+
+    result = run_fpdm("model", "info", "demo")
+    assert result.returncode == 0, result.stderr
+    assert f"from: trained preset, model directory {TRAINED_PRESETS['demo']}" in result.stdout
+    assert f"checksum: {model_checksum('demo')}" in result.stdout
+    assert "stages: full (stage 1 fusion + stage 2)" in result.stdout
+    assert all("float32" in line for line in result.stdout.splitlines() if "parameters" in line and "total" not in line)
+
+
 def test_pairs_csv_without_a_required_column_is_one_error_line_naming_it(tmp_path):
     pairs = tmp_path / "bad.csv"
     pairs.write_text("source_image,target_image\nsource.png,target.png\n")
@@ -155,25 +167,6 @@ def test_deepfashion_keypoints_are_read_on_the_source_photos_canvas(deepfashion_
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "01_2_side_s0.png")]
-
-
-def test_train_fusion_then_diffusion_then_generate_from_the_result(tmp_path):
-    from synthetic import make_pairs
-
-    pairs = make_pairs(tmp_path / "pairs", people=3, poses_per_person=2)
-    fusion = run_fpdm("train", "fusion", "--pairs", pairs, "--model", "tiny", "--out", tmp_path / "fusion",
-                      "--max-steps", 3, "--lr", 1e-3, "--device", "cpu")
-    assert fusion.returncode == 0, fusion.stderr
-    assert "trained fusion: 3 steps" in fusion.stdout and "top1=" in fusion.stdout
-    diffusion = run_fpdm("train", "diffusion", "--pairs", pairs, "--model", tmp_path / "fusion", "--out", tmp_path / "diffusion",
-                         "--max-steps", 2, "--batch-size", 3, "--grad-accum", 1, "--warmup-steps", 0, "--device", "cpu")
-    assert diffusion.returncode == 0, diffusion.stderr
-    log = (tmp_path / "diffusion" / "train_log.jsonl").read_text().splitlines()
-    assert len(log) == 2 and '"lr": 0.0001' in log[0]  # no warm-up: full learning rate from step 1
-    generated = run_fpdm("generate", "--model", tmp_path / "diffusion", "--source", pairs.parent / "p000_0.png",
-                         "--pose", pairs.parent / "p001_1.json", "--steps", 2, "--out", tmp_path / "images")
-    assert generated.returncode == 0, generated.stderr
-    assert (tmp_path / "images" / "p001_1_s0.png").is_file()
 
 
 def test_validate_exit_codes_follow_the_manifest(tmp_path):
