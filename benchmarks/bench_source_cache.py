@@ -10,8 +10,8 @@ causes: the cached source encoding and the batching.
 
     .venv/bin/python benchmarks/bench_source_cache.py [--steps 20] [--repeats 3]
 
-Sources are four garments of the synthetic catalog (pipeline.synthetic, seed 3: the garments of
-manifests/example.csv and one more), each in its first pose; the poses, shared by all four, are
+Sources are four garments of the synthetic catalog (pipeline.synthetic, seed 3: four of the five
+garments of manifests/example.csv), each in its first pose; the poses, shared by all four, are
 the first garment's four poses. Every path draws the same noise for a job, so they render the
 same images up to float rounding (printed); only the time differs.
 """

@@ -320,9 +320,9 @@ def register_model(subparsers) -> None:
 
 def run_save_preset(args: argparse.Namespace) -> None:
     from model_core.pipeline_fpdm import FPDMPipeline
-    from model_core.presets import RANDOM_INIT_PRESETS, preset_config
+    from model_core.presets import RANDOM_INIT_PRESETS, TRAINED_PRESETS, preset_config
 
-    if args.name in RANDOM_INIT_PRESETS:
+    if args.name in RANDOM_INIT_PRESETS or args.name in TRAINED_PRESETS:
         print(FPDMPipeline.from_pretrained(args.name, device="cpu").save_pretrained(args.dir))
         return
     config = preset_config(args.name)  # InputError for an unknown name

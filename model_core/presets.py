@@ -155,5 +155,5 @@ def trained_preset_directory(model) -> Path | None:
 
 def preset_config(name: str) -> dict:
     if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; presets: {', '.join([*PRESETS, *TRAINED_PRESETS])}")
     return copy.deepcopy(PRESETS[name])

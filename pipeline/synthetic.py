@@ -974,6 +974,10 @@ def write_catalog_manifest(
     """
     if isinstance(garments, bool) or not isinstance(garments, int) or garments < 1:
         raise InputError(f"garments must be at least 1, got {garments!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    if poses_per_person < 2:
+        raise InputError(f"poses_per_person must be at least 2, got {poses_per_person}")
     check_size(size)
     out = Path(out)
     manifest = Path(manifest) if manifest is not None else out / "manifest.csv"

@@ -145,6 +145,14 @@ def test_model_info_of_the_trained_demo_preset_names_its_directory_and_stored_dt
     assert all("float32" in line for line in result.stdout.splitlines() if "parameters" in line and "total" not in line)
 
 
+def test_save_preset_of_the_demo_writes_its_weights_unchanged(tmp_path):
+    from model_core.pipeline_fpdm import model_checksum
+
+    result = run_fpdm("model", "save-preset", "demo", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert model_checksum(tmp_path / "demo") == model_checksum("demo")
+
+
 def test_pairs_csv_without_a_required_column_is_one_error_line_naming_it(tmp_path):
     pairs = tmp_path / "bad.csv"
     pairs.write_text("source_image,target_image\nsource.png,target.png\n")
