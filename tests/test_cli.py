@@ -180,7 +180,7 @@ def test_deepfashion_keypoints_are_read_on_the_source_photos_canvas(deepfashion_
 def test_validate_exit_codes_follow_the_manifest(tmp_path):
     good = run_fpdm("validate", REPO_ROOT / "manifests" / "example.csv")
     assert good.returncode == 0, good.stderr
-    assert "3 valid row(s), 0 invalid" in good.stdout
+    assert "15 valid row(s), 0 invalid" in good.stdout
 
     bad_rows = tmp_path / "bad.csv"
     bad_rows.write_text("garment_id,source_image,target_pose,seed\ntee-1,a.jpg,p.json,1\n../x,a.jpg,p.json,one\n")
