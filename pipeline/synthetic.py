@@ -848,6 +848,15 @@ def check_size(size: tuple[int, int]) -> None:
         raise InputError(f"size {height}x{width}: width must be between 0.5 and 1.5 times the height")
 
 
+def check_arguments(seed: int, size: tuple[int, int], poses_per_person: int) -> None:
+    """What every writer of a synthetic catalog needs of its arguments."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    if poses_per_person < 2:
+        raise InputError(f"poses_per_person must be at least 2, got {poses_per_person}")
+    check_size(size)
+
+
 def people_for(pairs: int, poses_per_person: int = POSES_PER_PERSON) -> int:
     """People needed for `pairs` ordered pairs of the same person's poses."""
     return math.ceil(pairs / (poses_per_person * (poses_per_person - 1)))
@@ -884,11 +893,7 @@ def write_dataset(
     """
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise InputError(f"pairs must be at least 1, got {pairs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
-    if poses_per_person < 2:
-        raise InputError(f"poses_per_person must be at least 2, got {poses_per_person}")
-    check_size(size)
+    check_arguments(seed, size, poses_per_person)
     out = Path(out)
     for folder in ("images", "poses", "masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -974,11 +979,7 @@ def write_catalog_manifest(
     """
     if isinstance(garments, bool) or not isinstance(garments, int) or garments < 1:
         raise InputError(f"garments must be at least 1, got {garments!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
-    if poses_per_person < 2:
-        raise InputError(f"poses_per_person must be at least 2, got {poses_per_person}")
-    check_size(size)
+    check_arguments(seed, size, poses_per_person)
     out = Path(out)
     manifest = Path(manifest) if manifest is not None else out / "manifest.csv"
     relative = Path(os.path.relpath(out, manifest.parent))  # "." when the manifest is in OUT
