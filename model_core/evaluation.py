@@ -170,12 +170,19 @@ def evaluate(
     baseline any pose transfer must beat) and score it against its target. The pipe gives the
     frame (and, unless copy_source, the images); seeds are `seed + pair index`."""
     geometry: ModelGeometry = pipe.geometry
+    photos: dict[str, object] = {}  # a catalog's pairs share photos: each is read once
+
+    def photo(path):
+        if str(path) not in photos:
+            photos[str(path)] = load_image(path)
+        return photos[str(path)]
+
     targets, keypoints, sources = [], [], []
     for pair in pairs:
-        target = load_image(pair.target_image)
+        target = photo(pair.target_image)
         targets.append(geometry.photo(target))
         keypoints.append(geometry.keypoints(read_keypoints(pair.target_pose, default_size=target.size)))
-        sources.append(load_image(pair.source_image))
+        sources.append(photo(pair.source_image))
 
     if copy_source:
         generated = [geometry.photo(source) for source in sources]
