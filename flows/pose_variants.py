@@ -29,7 +29,7 @@ from prefect.states import Failed
 from model_core.errors import InputError
 from pipeline import outputs, progress
 from pipeline.manifest import Manifest, read_manifest
-from pipeline.planning import Batch, JobOutcome, expand_jobs, failed
+from pipeline.planning import FAILED, Batch, JobOutcome, expand_jobs, failed
 from pipeline.run import (
     Plan,
     RunSettings,
@@ -148,7 +148,7 @@ def pose_variants(
 
     report = write_report(output, run_id, outcomes, summary)
     publish_artifacts(report, outcomes)
-    failures = [o for o in outcomes if o.status == "failed"]
+    failures = [o for o in outcomes if o.status == FAILED]
     if failures:
         return Failed(message=f"{len(failures)} of {len(outcomes)} jobs failed; report: {report}")
     return {"report": report, **outputs.summarize(outcomes)}
@@ -261,7 +261,7 @@ def publish_artifacts(report: str, outcomes: list[JobOutcome]) -> None:
     table = [{"status": status, "jobs": n} for status, n in counts["status"].items()]
     table += [{"status": f"qc {status}", "jobs": n} for status, n in counts["qc_status"].items()]
     create_table_artifact(table, key="pose-variants-summary", description="Jobs by status and by QC status")
-    failures = [o for o in outcomes if o.status == "failed"]
+    failures = [o for o in outcomes if o.status == FAILED]
     if failures:
         create_table_artifact(
             [{"row": o.row, "garment_id": o.garment_id, "variant_id": o.variant_id, "error": o.error} for o in failures],

@@ -81,7 +81,7 @@ def add_detector_arguments(parser: argparse.ArgumentParser, flag: str = "--backe
 
 
 def make_detector(args: argparse.Namespace):
-    from pipeline.poses import make_pose_detector
+    from pipeline.pose_detection import make_pose_detector
 
     return make_pose_detector(args.backend, args.openpose_weights)
 
@@ -133,7 +133,6 @@ def run_poses_detect(args: argparse.Namespace) -> int:
 
 
 EXIT_QC_NOT_PASSED = 1
-KEYPOINT_SUFFIXES = (".json", ".txt")
 
 
 def run_qc(args: argparse.Namespace) -> int:
@@ -141,8 +140,8 @@ def run_qc(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from model_core.images import load_image
-    from model_core.poses import read_keypoints
-    from pipeline.qc import ModelReference, evaluate
+    from model_core.keypoints import KEYPOINT_SUFFIXES, read_keypoints
+    from pipeline.qc import ModelReference, check_image
 
     # Inputs first: a bad file should fail before the detector or a model is loaded.
     source = load_image(args.source)
@@ -162,7 +161,7 @@ def run_qc(args: argparse.Namespace) -> int:
         pipe = FPDMPipeline.from_pretrained(args.model, device=args.device)
         model = ModelReference.for_job(pipe, pipe.encode_source(source), pipe.encode_pose(target))
 
-    result = evaluate(image, source, target, detector, model=model, source_keypoints=source_keypoints)
+    result = check_image(image, source, target, detector, model=model, source_keypoints=source_keypoints)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

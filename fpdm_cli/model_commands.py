@@ -96,7 +96,7 @@ def register_generate(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> None:
     from model_core.images import load_image
     from model_core.pipeline_fpdm import FPDMPipeline
-    from model_core.poses import read_keypoints
+    from model_core.keypoints import read_keypoints
 
     # Inputs first: a bad file should fail before seconds (or minutes) of model loading.
     source = load_image(args.source)
@@ -250,14 +250,14 @@ def register_eval(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from model_core.evaluation import METRICS, evaluate
+    from model_core.evaluation import METRICS, evaluate_pairs
     from model_core.pipeline_fpdm import FPDMPipeline
     from model_core.training import read_pairs
 
     pairs = read_pairs(args.pairs)[: args.limit]
     # The baseline needs only a frame to compare in: the tiny preset's, unless a model is named.
     pipe = FPDMPipeline.from_pretrained(args.model or "tiny", device=args.device)
-    result = evaluate(
+    result = evaluate_pairs(
         pipe, pairs, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
         use_fusion=not args.no_fusion, batch_size=args.batch_size, copy_source=args.copy_source,
     )  # fmt: skip

@@ -12,7 +12,7 @@ FAILURES_SHOWN = 20
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from fpdm_cli.catalog_commands import add_detector_arguments
-    from pipeline.poses import POSE_BACKENDS
+    from pipeline.pose_detection import POSE_BACKENDS
 
     run = subparsers.add_parser(
         "run",
@@ -76,6 +76,7 @@ def run_flow(manifest: str, output: str, settings, retry_of: str | None) -> int:
     from flows.pose_variants import pose_variants
     from model_core.errors import InputError
     from pipeline import outputs, progress
+    from pipeline.planning import FAILED
 
     console = Console(stderr=True)
     with StageBars(console) as bars, progress.reporting(bars):
@@ -90,7 +91,7 @@ def run_flow(manifest: str, output: str, settings, retry_of: str | None) -> int:
             raise error
         raise RuntimeError(f"the run ended {state.name} without a report: {state.message}") from None
     print_outcomes(outcomes, report)
-    return EXIT_SOME_FAILED if any(o.status == "failed" for o in outcomes) else 0
+    return EXIT_SOME_FAILED if any(o.status == FAILED for o in outcomes) else 0
 
 
 def quiet_prefect() -> None:
@@ -141,17 +142,19 @@ def print_outcomes(outcomes, report: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.planning import FAILED, JOB_STATUSES
+
     console = Console()
     counts = Counter((o.status, o.qc_status or "-") for o in outcomes)
     table = Table(title=f"{len(outcomes)} jobs")
     for column in ("status", "QC pass", "QC review", "QC fail", "no QC", "jobs"):
         table.add_column(column, justify="left" if column == "status" else "right")
-    for status in ("succeeded", "skipped", "failed"):
+    for status in JOB_STATUSES:
         row = [counts[(status, qc)] for qc in ("pass", "review", "fail", "-")]
         if sum(row):
             table.add_row(status, *map(str, row), str(sum(row)))
     console.print(table)
-    failures = [o for o in outcomes if o.status == "failed"]
+    failures = [o for o in outcomes if o.status == FAILED]
     # soft_wrap: URIs and errors stay on one line each, for grep and for copying.
     for outcome in failures[:FAILURES_SHOWN]:
         job = outcome.job_id if outcome.variant_id else f"row {outcome.row}"

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from .images import ModelGeometry, load_image, srgb_to_lab
-from .poses import Keypoints, read_keypoints
+from .keypoints import Keypoints, read_keypoints
 from .training import Pair
 
 METRICS = ("ssim", "psnr", "colour_error", "pose_accuracy", "figure_iou")
@@ -156,7 +156,7 @@ def _box(values: np.ndarray, size: int = 7) -> np.ndarray:
 # ----- running an evaluation ----------------------------------------------------------------------
 
 
-def evaluate(
+def evaluate_pairs(
     pipe,
     pairs: list[Pair],
     steps: int = 20,

@@ -33,7 +33,7 @@ from PIL import Image
 from .errors import InputError
 from .fusion import FusionModel
 from .images import PHOTO_FILL, SKELETON_FILL, ModelGeometry, pil_to_tensor, square_encoder_input, tensor_to_pil
-from .poses import Keypoints
+from .keypoints import Keypoints
 from .presets import PRESETS, RANDOM_INIT_PRESETS, preset_config, trained_preset_directory
 from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector, denoise, uses_fusion
 

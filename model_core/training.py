@@ -29,7 +29,7 @@ from .errors import InputError
 from .fusion import fusion_loss, retrieval_accuracy
 from .images import PHOTO_FILL, SKELETON_FILL, load_image, pil_to_tensor
 from .pipeline_fpdm import FPDMPipeline, resolve_device
-from .poses import read_keypoints
+from .keypoints import read_keypoints
 from .stage2 import denoise
 
 PAIR_COLUMNS = ("source_image", "target_image", "target_pose")

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from model_core.errors import InputError
 from model_core.images import ModelGeometry, decode_image
-from model_core.poses import Keypoints, render_skeleton
+from model_core.keypoints import Keypoints, render_skeleton
 
 from . import storage
 from .planning import Job, JobOutcome

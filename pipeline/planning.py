@@ -22,12 +22,11 @@ from PIL import Image
 
 from model_core.errors import InputError
 from model_core.images import decode_image
-from model_core.poses import Keypoints, parse_keypoints
+from model_core.keypoints import KEYPOINT_SUFFIXES, Keypoints, parse_keypoints
 
 from . import storage
 from .manifest import SAFE_ID, Manifest, ManifestRow
 
-KEYPOINT_SUFFIXES = (".json", ".txt")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 POSE_CACHE = "_poses"
 
@@ -68,6 +67,11 @@ class Job:
         return asdict(self)
 
 
+# What became of a job (a line of the run report).
+SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
+JOB_STATUSES = (SUCCEEDED, SKIPPED, FAILED)
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     """One line of the run report."""
@@ -75,7 +79,7 @@ class JobOutcome:
     garment_id: str
     variant_id: str
     row: int | None
-    status: str  # succeeded | skipped | failed
+    status: str  # one of JOB_STATUSES
     qc_status: str = ""  # pass | review | fail, for jobs that produced (or already had) a variant
     error: str = ""  # why it failed, or why it was skipped
     image_uri: str = ""
@@ -86,7 +90,7 @@ class JobOutcome:
 
 
 def failed(job: Job, error: str) -> JobOutcome:
-    return JobOutcome(job.garment_id, job.variant_id, job.row, "failed", error=error)
+    return JobOutcome(job.garment_id, job.variant_id, job.row, FAILED, error=error)
 
 
 def stable_seed(job_id: str) -> int:
@@ -101,14 +105,14 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
     """Every job the manifest asks for, and an outcome for every row that yields none: invalid
     rows (each problem named), disabled rows, pose sets that cannot be listed or are empty."""
     outcomes = [_invalid_row(manifest, row) for row in manifest.invalid_rows]
-    outcomes += [JobOutcome("", "", row, "skipped", error="disabled in the manifest (enabled = no)") for row in manifest.disabled]
+    outcomes += [JobOutcome("", "", row, SKIPPED, error="disabled in the manifest (enabled = no)") for row in manifest.disabled]
     jobs: list[Job] = []
     seen: dict[str, int] = {}
     for row in manifest.rows:
         try:
             pose_files = _pose_files(row)
         except InputError as error:
-            outcomes.append(JobOutcome(row.garment_id, row.variant_id or "", row.row, "failed", error=f"row {row.row}, target_pose: {error}"))
+            outcomes.append(JobOutcome(row.garment_id, row.variant_id or "", row.row, FAILED, error=f"row {row.row}, target_pose: {error}"))
             continue
         for pose_file in pose_files:
             variant_id = _variant_id(row, pose_file)
@@ -138,7 +142,7 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
 
 def _invalid_row(manifest: Manifest, row: int) -> JobOutcome:
     problems = [p for p in manifest.problems if p.row == row]
-    return JobOutcome("", "", row, "failed", error="; ".join(str(p) for p in problems))
+    return JobOutcome("", "", row, FAILED, error="; ".join(str(p) for p in problems))
 
 
 def _pose_files(row: ManifestRow) -> list[str]:
@@ -188,7 +192,7 @@ class PoseResolver:
     """Turns target-pose URIs into keypoints, once per (file, canvas) within a run, and once per
     photo content across runs through the `_poses/` cache.
 
-    `detector` is a pipeline.poses detector, or None for the `keypoints` backend, which refuses
+    `detector` is a pipeline.pose_detection detector, or None for the `keypoints` backend, which refuses
     reference photos. It is created on first use (`make_detector`), so a run over keypoint files
     never loads a detection model.
     """

@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw
 
 from model_core.errors import InputError
 from model_core.images import PHOTO_FILL, srgb_to_lab
-from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, fit_image
-from pipeline.poses import NoPersonFound, pck
+from model_core.keypoints import LEFT_RIGHT_SWAP, Keypoints, fit_image
+from pipeline.pose_detection import NoPersonFound, pck
 
 if TYPE_CHECKING:  # torch and the model are only needed when a ModelReference is used
     import torch
@@ -172,7 +172,7 @@ class ModelReference:
             return pipe.fusion.embed(pixels.to(device=pipe.device, dtype=pipe.dtype))[0].float()
 
 
-def evaluate(
+def check_image(
     image: Image.Image | np.ndarray,
     source: Image.Image,
     target: Keypoints,
@@ -297,7 +297,7 @@ def _pixels(image, checks: _Checks) -> np.ndarray | None:
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"evaluate: expected a PIL image or an (H, W, 3) array, got shape {array.shape}")
+        raise ValueError(f"check_image: expected a PIL image or an (H, W, 3) array, got shape {array.shape}")
     finite = bool(np.isfinite(array).all())
     checks.metrics["finite"] = finite
     if not finite:

@@ -25,6 +25,9 @@ from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
 from . import outputs, progress, storage
 from .manifest import Manifest, read_manifest
 from .planning import (
+    FAILED,
+    SKIPPED,
+    SUCCEEDED,
     Batch,
     JobOutcome,
     PlannedJob,
@@ -37,8 +40,8 @@ from .planning import (
     plan_batches,
     read_source,
 )
-from .poses import make_pose_detector
-from .qc import DEFAULT_QC, ModelReference, QCConfig, best_candidate, evaluate
+from .pose_detection import make_pose_detector
+from .qc import DEFAULT_QC, ModelReference, QCConfig, best_candidate, check_image
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class Selection:
 
     @classmethod
     def failed_in(cls, report_uri: str) -> "Selection":
-        failed = [o for o in outputs.read_report(report_uri) if o.status == "failed"]
+        failed = [o for o in outputs.read_report(report_uri) if o.status == FAILED]
         return cls(
             frozenset(o.job_id for o in failed if o.variant_id),
             frozenset(o.row for o in failed if not o.variant_id and o.row is not None),
@@ -196,7 +199,7 @@ def plan_run(
 def skipped_as_complete(job, sidecar: dict) -> JobOutcome:
     qc_status = sidecar.get("qc", {}).get("status", "")
     return JobOutcome(
-        job.garment_id, job.variant_id, job.row, "skipped", qc_status, "already complete (same inputs)", sidecar["image"]["uri"]
+        job.garment_id, job.variant_id, job.row, SKIPPED, qc_status, "already complete (same inputs)", sidecar["image"]["uri"]
     )
 
 
@@ -326,7 +329,7 @@ def _generate(
         qc_started = time.perf_counter()
         reference = ModelReference.for_job(pipe, source_encodings[photo.uri], pose_encoding)
         results = [
-            evaluate(image, photo.image, planned.pose.keypoints, detector, model=reference, config=qc_config)
+            check_image(image, photo.image, planned.pose.keypoints, detector, model=reference, config=qc_config)
             for image in candidates
         ]
         kept = best_candidate(results)
@@ -366,7 +369,7 @@ def _generate(
         except InputError as error:
             outcomes.append(failed(job, f"writing the variant: {error}"))
             continue
-        outcomes.append(JobOutcome(job.garment_id, job.variant_id, job.row, "succeeded", results[kept].status, "", uri))
+        outcomes.append(JobOutcome(job.garment_id, job.variant_id, job.row, SUCCEEDED, results[kept].status, "", uri))
     return outcomes
 
 
@@ -376,7 +379,7 @@ def _generate(
 def finish_run(output: str, run_id: str, outcomes: list[JobOutcome], summary: dict | None = None) -> str:
     """Contact sheets for every garment that got a new variant, then the run report (and its
     summary, with `summary`'s entries added). Returns the report's URI."""
-    garments = sorted({o.garment_id for o in outcomes if o.status == "succeeded"})
+    garments = sorted({o.garment_id for o in outcomes if o.status == SUCCEEDED})
     progress.stage("report", len(garments) + 1)
     for garment_id in garments:
         outputs.write_contact_sheet(output, garment_id)

@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from model_core.errors import InputError
-from model_core.poses import COCO18_NAMES, NUM_KEYPOINTS, Keypoints
+from model_core.keypoints import COCO18_NAMES, NUM_KEYPOINTS, Keypoints
 
 # Height x width of the pictures. 64x48 is the resolution of the `tiny` and `demo` models, so
 # training and evaluation use the pixels as drawn (no resampling); at that size a torso is
@@ -1014,7 +1014,7 @@ def write_catalog_manifest(
 
 
 def keypoints_json(keypoints: Keypoints) -> str:
-    """coco18 JSON (model_core.poses.Keypoints.from_json reads it), coordinates to 0.01 px."""
+    """coco18 JSON (model_core.keypoints.Keypoints.from_json reads it), coordinates to 0.01 px."""
     data = keypoints.to_json()
     data["keypoints"] = [[round(x, 2), round(y, 2), score] for x, y, score in data["keypoints"]]
     return json.dumps(data) + "\n"

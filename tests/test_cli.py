@@ -207,7 +207,7 @@ def test_poses_detect_writes_coco18_files_and_goes_on_past_a_bad_photo(tmp_path,
     assert "fpdm: error: " + str(broken) in result.stderr
     written = sorted(p.name for p in (tmp_path / "poses").iterdir())
     assert written == ["01_3_back-2.json", "01_3_back.json"]  # same stem, nothing overwritten
-    from model_core.poses import read_keypoints
+    from model_core.keypoints import read_keypoints
 
     keypoints = read_keypoints(tmp_path / "poses" / "01_3_back.json")
     assert (keypoints.width, keypoints.height) == (750, 1101) and keypoints.visible.sum() >= 10

@@ -13,7 +13,7 @@ from PIL import Image
 
 from model_core.evaluation import figure_mask, score_pair
 from model_core.images import srgb_to_lab
-from model_core.poses import read_keypoints
+from model_core.keypoints import read_keypoints
 from pipeline.manifest import read_manifest
 from pipeline.outputs import read_report
 

@@ -23,7 +23,7 @@ from model_core.assemble import assemble, read_checkpoint
 from model_core.errors import InputError
 from model_core.fusion import FusionModel
 from model_core.pipeline_fpdm import FPDMPipeline
-from model_core.poses import Keypoints
+from model_core.keypoints import Keypoints
 from model_core.presets import preset_config
 from model_core.stage2 import SourceEncoder, SourceProjector
 

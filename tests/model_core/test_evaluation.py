@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_core.evaluation import evaluate, figure_mask, pose_accuracy, psnr, score_pair, ssim
+from model_core.evaluation import evaluate_pairs, figure_mask, pose_accuracy, psnr, score_pair, ssim
 from model_core.images import ModelGeometry
 from model_core.pipeline_fpdm import FPDMPipeline
-from model_core.poses import read_keypoints
+from model_core.keypoints import read_keypoints
 from model_core.training import read_pairs
-from synthetic import make_pairs
+from stick_figures import make_pairs
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +69,10 @@ def test_pose_accuracy_counts_keypoints_with_figure_pixels_nearby(pairs_csv):
 def test_evaluate_generates_every_pair_with_and_without_fusion(pairs_csv):
     pipe = FPDMPipeline.from_pretrained("tiny")
     pairs = read_pairs(pairs_csv)
-    full = evaluate(pipe, pairs, steps=2)
+    full = evaluate_pairs(pipe, pairs, steps=2)
     assert full.method == "fpdm" and [s.pair for s in full.scores] == list(range(len(pairs)))
-    assert evaluate(pipe, pairs, steps=2, use_fusion=False).method == "stage 2 only"
-    baseline = evaluate(pipe, pairs, copy_source=True)
+    assert evaluate_pairs(pipe, pairs, steps=2, use_fusion=False).method == "stage 2 only"
+    baseline = evaluate_pairs(pipe, pairs, copy_source=True)
     assert baseline.method == "copy the source"
     # tiny is untrained noise: the copied source, a real figure, is closer to the targets.
     assert baseline.means()["ssim"] > full.means()["ssim"]

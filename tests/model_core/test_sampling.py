@@ -10,7 +10,7 @@ from PIL import Image
 
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, three_branch_guidance
-from model_core.poses import read_keypoints
+from model_core.keypoints import read_keypoints
 from model_core.training import without_fusion
 
 

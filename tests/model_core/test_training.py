@@ -9,7 +9,7 @@ import torch
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.training import fusion_retrieval_accuracy, read_pairs, train_diffusion, train_fusion
-from synthetic import make_pairs
+from stick_figures import make_pairs
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_target_poses_on_another_canvas_than_their_photo_are_accepted(pairs_csv,
     """A coco18 pose file states its own canvas; it need not be the target photo's size."""
     import json
 
-    from model_core.poses import Keypoints, read_keypoints
+    from model_core.keypoints import Keypoints, read_keypoints
     from model_core.training import PairTensors
 
     folder = pairs_csv.parent

@@ -16,8 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from model_core.errors import InputError
-from model_core.poses import COCO18_NAMES
-from pipeline.poses import (
+from model_core.keypoints import COCO18_NAMES
+from pipeline.pose_detection import (
     OPENPOSE_WEIGHTS_ENV,
     POSE_BACKENDS,
     MediapipePoseDetector,

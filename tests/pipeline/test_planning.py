@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from model_core.errors import InputError
-from model_core.poses import Keypoints
+from model_core.keypoints import Keypoints
 from pipeline import storage
 from pipeline.manifest import parse_manifest
 from pipeline.planning import (
@@ -21,7 +21,7 @@ from pipeline.planning import (
     plan_batches,
     stable_seed,
 )
-from pipeline.poses import MediapipePoseDetector
+from pipeline.pose_detection import MediapipePoseDetector
 
 FRONT = "img/MEN/Tees_Tanks/id_00004047/01_1_front.jpg"
 SIDE_POSE = "pose/MEN/Tees_Tanks/id_00004047/01_2_side.txt"

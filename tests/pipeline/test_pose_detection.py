@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_core.poses import LEFT_RIGHT_SWAP, Keypoints, read_keypoints
-from pipeline.poses import MediapipePoseDetector, NoPersonFound, pck
+from model_core.keypoints import LEFT_RIGHT_SWAP, Keypoints, read_keypoints
+from pipeline.pose_detection import MediapipePoseDetector, NoPersonFound, pck
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from model_core.errors import InputError
-from model_core.poses import read_keypoints
-from pipeline.poses import MediapipePoseDetector, NoPersonFound
-from pipeline.qc import DEFAULT_QC, ModelReference, QCConfig, QCResult, best_candidate, evaluate
+from model_core.keypoints import read_keypoints
+from pipeline.pose_detection import MediapipePoseDetector, NoPersonFound
+from pipeline.qc import DEFAULT_QC, ModelReference, QCConfig, QCResult, best_candidate, check_image
 from test_cli import run_fpdm  # tests/ is on sys.path (its conftest.py)
 
 TEE = "MEN/Tees_Tanks/id_00004047"
@@ -53,7 +53,7 @@ def shuffled(image: Image.Image) -> Image.Image:
 def test_a_real_photo_in_the_target_pose_passes(detector, tee, view, source_view, size):
     photos, poses = tee
     image = photos[view] if size is None else photos[view].resize(size, Image.Resampling.LANCZOS)
-    result = evaluate(image, photos[source_view], poses[view], detector)
+    result = check_image(image, photos[source_view], poses[view], detector)
     assert result.status == "pass", result.reasons
     assert result.reasons == []
     assert result.metrics["person_found"] is True
@@ -80,7 +80,7 @@ def test_a_real_photo_in_the_target_pose_passes(detector, tee, view, source_view
 )
 def test_garbled_images_fail_on_sanity_alone(detector, tee, damage, reason):
     photos, poses = tee
-    result = evaluate(damage(photos["01_1_front"]), photos["01_7_additional"], poses["01_1_front"], detector)
+    result = check_image(damage(photos["01_1_front"]), photos["01_7_additional"], poses["01_1_front"], detector)
     assert result.status == "fail"
     assert [r.split()[0] for r in result.reasons] == [reason], result.reasons
     # No pose or colour checks on an unusable image: its "no person" would only repeat it.
@@ -92,12 +92,12 @@ def test_non_finite_pixels_fail(detector, tee):
     photos, poses = tee
     decoded = np.asarray(photos["01_1_front"], dtype=np.float32)
     decoded[:10] = np.nan
-    result = evaluate(decoded, photos["01_7_additional"], poses["01_1_front"], detector)
+    result = check_image(decoded, photos["01_7_additional"], poses["01_1_front"], detector)
     assert result.status == "fail"
     assert result.metrics["finite"] is False
     assert result.reasons[0].startswith("not finite")
     # The same float pixels, finite, are a real photo.
-    clean = evaluate(np.asarray(photos["01_1_front"], dtype=np.float32), photos["01_7_additional"], poses["01_1_front"], detector)
+    clean = check_image(np.asarray(photos["01_1_front"], dtype=np.float32), photos["01_7_additional"], poses["01_1_front"], detector)
     assert clean.status == "pass" and clean.metrics["finite"] is True
 
 
@@ -111,7 +111,7 @@ def test_an_image_without_a_person_fails_with_no_person(detector, tee):
     gradient[100:220, 40:150] = (180, 40, 60)
     gradient[300:420, 200:320] = (40, 90, 160)
     backdrop = Image.fromarray(gradient.astype(np.uint8))
-    result = evaluate(backdrop, photos["01_7_additional"], poses["01_1_front"], detector)
+    result = check_image(backdrop, photos["01_7_additional"], poses["01_1_front"], detector)
     assert result.status == "fail"
     assert result.metrics["luminance_std"] > DEFAULT_QC.contrast_review_below  # sane, just empty
     assert result.metrics["person_found"] is False and result.metrics["pose_pck"] == 0.0
@@ -121,11 +121,11 @@ def test_an_image_without_a_person_fails_with_no_person(detector, tee):
 def test_the_same_person_in_another_pose_does_not_pass(detector, tee):
     photos, poses = tee
     # The side view checked against the front view's keypoints (measured PCK 0.36).
-    result = evaluate(photos["01_2_side"], photos["01_1_front"], poses["01_1_front"], detector)
+    result = check_image(photos["01_2_side"], photos["01_1_front"], poses["01_1_front"], detector)
     assert result.status != "pass"
     assert result.metrics["pose_pck"] < DEFAULT_QC.pck_fail_below
     assert any(reason.startswith("pose:") for reason in result.reasons), result.reasons
-    right = evaluate(photos["01_2_side"], photos["01_1_front"], poses["01_2_side"], detector)
+    right = check_image(photos["01_2_side"], photos["01_1_front"], poses["01_2_side"], detector)
     assert result.score < right.score
 
 
@@ -135,8 +135,8 @@ def test_the_same_person_in_another_pose_does_not_pass(detector, tee):
 @pytest.mark.parametrize("degrees", [60, 180])
 def test_a_garment_of_other_colours_is_not_passed(detector, tee, degrees):
     photos, poses = tee
-    original = evaluate(photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector)
-    recoloured = evaluate(hue_rotated(photos["01_1_front"], degrees), photos["01_7_additional"], poses["01_1_front"], detector)
+    original = check_image(photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector)
+    recoloured = check_image(hue_rotated(photos["01_1_front"], degrees), photos["01_7_additional"], poses["01_1_front"], detector)
     assert recoloured.status in ("review", "fail")
     assert any(reason.startswith("appearance:") for reason in recoloured.reasons), recoloured.reasons
     # measured: 1.0 for the photo, 0.80 rotated by 60 degrees, 0.48 by 180
@@ -147,7 +147,7 @@ def test_a_garment_of_other_colours_is_not_passed(detector, tee, degrees):
 def test_a_source_without_a_person_leaves_appearance_unmeasured(detector, tee):
     photos, poses = tee
     backdrop = Image.new("RGB", (750, 1101), (225, 224, 222))
-    result = evaluate(photos["01_1_front"], backdrop, poses["01_1_front"], detector)
+    result = check_image(photos["01_1_front"], backdrop, poses["01_1_front"], detector)
     assert result.status == "review"
     assert result.reasons == ["appearance not measured: no person found in the source photo"]
     assert result.metrics["source_person_found"] is False
@@ -167,14 +167,14 @@ class CountingDetector:
 def test_given_source_keypoints_are_used_instead_of_detecting(detector, tee):
     photos, poses = tee
     counting = CountingDetector(detector)
-    result = evaluate(
+    result = check_image(
         photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], counting,
         source_keypoints=poses["01_7_additional"],
     )  # fmt: skip
     assert counting.names == ["generated image"]
     assert result.status == "pass" and result.metrics["colour_match"] >= 0.9
     with pytest.raises(InputError, match="not the shape of the 750x1101 source photo"):
-        evaluate(
+        check_image(
             photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector,
             source_keypoints=poses["01_7_additional"].fitted(500, 500),
         )  # fmt: skip
@@ -187,7 +187,7 @@ def test_any_detector_that_raises_no_person_found_will_do(tee):
         def detect(self, image, name="<image>"):
             raise NoPersonFound(f"{name}: no person found in the image")
 
-    result = evaluate(photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], NobodyDetector())
+    result = check_image(photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], NobodyDetector())
     assert result.status == "fail"
     assert result.reasons == [
         "pose: no person found in the image",
@@ -215,14 +215,14 @@ def test_best_candidate_keeps_the_good_image_among_real_candidates(detector, tee
     photos, poses = tee
     front = photos["01_1_front"]
     candidates = [shuffled(front), hue_rotated(front, 180), front, photos["01_2_side"]]
-    results = [evaluate(image, photos["01_7_additional"], poses["01_1_front"], detector) for image in candidates]
+    results = [check_image(image, photos["01_7_additional"], poses["01_1_front"], detector) for image in candidates]
     assert [r.status for r in results][2] == "pass"
     assert best_candidate(results) == 2
 
 
 def test_result_json_round_trip(detector, tee):
     photos, poses = tee
-    result = evaluate(hue_rotated(photos["01_1_front"], 180), photos["01_7_additional"], poses["01_1_front"], detector)
+    result = check_image(hue_rotated(photos["01_1_front"], 180), photos["01_7_additional"], poses["01_1_front"], detector)
     data = json.loads(json.dumps(result.to_json()))
     assert set(data) == {"status", "reasons", "score", "metrics"}
     assert QCResult.from_json(data) == result
@@ -248,7 +248,7 @@ def test_a_random_clip_records_alignment_but_judges_nothing(detector, tee, tiny_
     _, reference = tiny_job
     assert reference.clip_pretrained is False  # the tiny preset is random-initialised
     args = (photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector)
-    with_model, without = evaluate(*args, model=reference), evaluate(*args)
+    with_model, without = check_image(*args, model=reference), check_image(*args)
     assert -1.0 <= with_model.metrics["alignment"] <= 1.0
     assert with_model.metrics["clip_pretrained"] is False
     assert with_model.metrics["clip_similarity"] is None
@@ -261,13 +261,13 @@ def test_a_pretrained_clip_gates_and_scores(detector, tee, tiny_job):
     pretrained = dataclasses.replace(reference, clip_pretrained=True)
     args = (photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector)
     strict = QCConfig(clip_review_below=1.01, alignment_review_below=1.01)  # cosines never reach these
-    result = evaluate(*args, model=pretrained, config=strict)
+    result = check_image(*args, model=pretrained, config=strict)
     assert result.status == "review"
     assert [reason.split(" ")[:2] for reason in result.reasons] == [["appearance:", "CLIP"], ["FPDM", "alignment"]]
     assert -1.0 <= result.metrics["clip_similarity"] <= 1.0
     # The default config ranks with the embeddings but does not gate on alignment.
-    default = evaluate(*args, model=pretrained)
-    assert default.score != evaluate(*args).score
+    default = check_image(*args, model=pretrained)
+    assert default.score != check_image(*args).score
     assert not any(reason.startswith("FPDM alignment") for reason in default.reasons)
 
 
@@ -278,7 +278,7 @@ def test_a_stage_2_only_model_has_no_embedding_checks(detector, tee):
     photos, poses = tee
     pipe = FPDMPipeline.from_config(preset_config("tiny"), stage2_only=True)
     reference = ModelReference.for_job(pipe, pipe.encode_source(photos["01_7_additional"]), pipe.encode_pose(poses["01_1_front"]))
-    result = evaluate(photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector, model=reference)
+    result = check_image(photos["01_1_front"], photos["01_7_additional"], poses["01_1_front"], detector, model=reference)
     assert result.metrics["alignment"] is None and result.metrics["clip_pretrained"] is None
     assert result.status == "pass"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model_core.errors import InputError
-from model_core.poses import COCO18_NAMES, LIMBS, read_keypoints
+from model_core.keypoints import COCO18_NAMES, LIMBS, read_keypoints
 from pipeline.synthetic import (
     BACKGROUND,
     DEFAULT_SIZE,

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from model_core.errors import InputError
-from model_core.poses import Keypoints
+from model_core.keypoints import Keypoints
 from pipeline import storage
 
 POSE_BACKENDS = ("auto", "openpose", "mediapipe", "keypoints")

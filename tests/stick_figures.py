@@ -1,6 +1,7 @@
-"""Synthetic pose-transfer pairs for tests: stick-figure people in distinctly coloured
+"""Stick-figure pose-transfer pairs for tests: stick-figure people in distinctly coloured
 garments, posed from COCO-18 keypoints, on a light background. Every target is known, so
-training can be checked in seconds on a CPU."""
+training can be checked in seconds on a CPU. (The synthetic catalog that the demo model trains
+on is another thing: the `synthetic` package.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model_core.poses import LIMBS, Keypoints
+from model_core.keypoints import LIMBS, Keypoints
 
 WIDTH, HEIGHT = 96, 128
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model_core.errors import InputError
-from model_core.poses import (
+from model_core.keypoints import (
     COCO18_NAMES,
     JOINT_COLORS,
     LIMB_COLORS,

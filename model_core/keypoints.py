@@ -41,6 +41,8 @@ COCO18_NAMES: tuple[str, ...] = (
     "left_ear",
 )
 NUM_KEYPOINTS = len(COCO18_NAMES)
+# The keypoint file formats `parse_keypoints` reads, by suffix: coco18 or OpenPose JSON, DeepFashion text.
+KEYPOINT_SUFFIXES = (".json", ".txt")
 
 # OpenPose's limbSeq, 0-based. The order matters: limb i is drawn in colour i, and later limbs
 # are blended over earlier ones.
@@ -306,7 +308,7 @@ def parse_keypoints(
     if (width is None) != (height is None):
         raise ValueError(f"{name}: give both width and height, or neither")
     suffix = PurePosixPath(str(name)).suffix.lower()
-    if suffix not in (".json", ".txt"):
+    if suffix not in KEYPOINT_SUFFIXES:
         kind = repr(suffix) if suffix else "(no suffix)"
         raise InputError(f"{name}: unknown keypoint file type {kind}; accepted: {ACCEPTED_FORMATS}")
 
