@@ -18,7 +18,7 @@ into generation, QC and the rest (start-up, orchestration, writes, reports).
 
     .venv/bin/python benchmarks/bench_flow_overhead.py [--jobs 200] [--steps 20] [--batch-size 8]
 
-The manifest is built in a temporary folder by pipeline.synthetic.write_catalog_manifest (the
+The manifest is built in a temporary folder by synthetic.write_catalog_manifest (the
 generator of manifests/example.csv): synthetic garments, a source photo and 3 target poses each,
 so 200 jobs are 67 garments x 3 poses (the last one cut short). `fpdm run` goes first, so the in-process
 measurement cannot warm anything for it; the OS file cache is warm for both (this process has
@@ -44,7 +44,7 @@ from model_core.pipeline_fpdm import FPDMPipeline
 from pipeline.manifest import read_manifest
 from pipeline.planning import read_source
 from pipeline.run import RunSettings, plan_run
-from pipeline.synthetic import POSES_PER_PERSON, write_catalog_manifest
+from synthetic import POSES_PER_PERSON, write_catalog_manifest
 
 POSES_PER_GARMENT = POSES_PER_PERSON - 1  # a person's other poses are the targets of their source photo
 

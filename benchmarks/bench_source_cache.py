@@ -10,7 +10,7 @@ causes: the cached source encoding and the batching.
 
     .venv/bin/python benchmarks/bench_source_cache.py [--steps 20] [--repeats 3]
 
-Sources are four garments of the synthetic catalog (pipeline.synthetic, seed 3: four of the five
+Sources are four garments of the synthetic catalog (the synthetic package, seed 3: four of the five
 garments of manifests/example.csv), each in its first pose; the poses, shared by all four, are
 the first garment's four poses. Every path draws the same noise for a job, so they render the
 same images up to float rounding (printed); only the time differs.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from model_core.pipeline_fpdm import FPDMPipeline
-from pipeline.synthetic import render_person
+from synthetic import render_person
 
 SEED = 0  # of the sampling noise
 GARMENTS = 4
@@ -114,13 +114,12 @@ def main() -> None:
         f"{args.steps} steps, 1 sample each, best of {args.repeats}"
     )
     print(f"one job at a time, source re-encoded per job: {sequential_s:7.2f} s  ({sequential_s / jobs * 1000:6.1f} ms/job)")
-    print(f"one job at a time, source encoded once:       {cached_source_s:7.2f} s  ({cached_source_s / jobs * 1000:6.1f} ms/job)")
+    print(
+        f"one job at a time, source encoded once:       {cached_source_s:7.2f} s  ({cached_source_s / jobs * 1000:6.1f} ms/job)"
+    )
     print(f"batched per garment, source encoded once:     {batched_s:7.2f} s  ({batched_s / jobs * 1000:6.1f} ms/job)")
     print(f"images batched vs one at a time: max pixel difference {max_difference}/255")
-    print(
-        f"of which cached source {sequential_s / cached_source_s:.2f}x, "
-        f"batching {cached_source_s / batched_s:.2f}x"
-    )
+    print(f"of which cached source {sequential_s / cached_source_s:.2f}x, batching {cached_source_s / batched_s:.2f}x")
     print(f"speedup: {sequential_s / batched_s:.2f}x")
 
 

@@ -3,7 +3,7 @@ source photo and three target poses, and the manifest `example.csv` that lists t
 
 The repository ships no real catalog photos (the DeepFashion samples next to it are for tests
 only), so the example comes from the synthetic catalog the `demo` model was trained on
-(`pipeline.synthetic`, what `fpdm synth` writes), from seed 3: the demo model trained on seed 1
+(the `synthetic` package, what `fpdm synth` writes), from seed 3: the demo model trained on seed 1
 and was measured on seeds 2 and 4, and seeds share no garment, so none of these garments was seen in
 training. Everything is deterministic: running this again writes the same bytes.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.synthetic import write_catalog_manifest
+from synthetic import write_catalog_manifest
 
 MANIFESTS = Path(__file__).resolve().parent
 SEED = 3
