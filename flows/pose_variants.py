@@ -107,19 +107,20 @@ def write_report(output: str, run_id: str, outcomes: list[JobOutcome], summary: 
 # ----- the flow -----------------------------------------------------------------------------------
 
 
+# The run's settings default to RunSettings' defaults (pipeline/run.py), the one place they are set.
 @flow(name="pose-variants")
 def pose_variants(
     manifest: str,
     output: str,
-    model: str = "tiny",
-    batch_size: int = 8,
-    pose_backend: str = "auto",
-    device: str = "auto",
-    force: bool = False,
+    model: str = RunSettings.model,
+    batch_size: int = RunSettings.batch_size,
+    pose_backend: str = RunSettings.pose_backend,
+    device: str = RunSettings.device,
+    force: bool = RunSettings.force,
     shard: str | None = None,
     shards: int = 1,
     retry_of: str | None = None,
-    openpose_weights: str | None = None,
+    openpose_weights: str | None = RunSettings.openpose_weights,
 ):
     """Pose variants for every row of a catalog manifest.
 
@@ -131,7 +132,12 @@ def pose_variants(
     jobs run. openpose_weights: folder or s3:// prefix (default $FPDM_OPENPOSE_WEIGHTS).
     """
     settings = RunSettings(
-        model=model, batch_size=batch_size, pose_backend=pose_backend, openpose_weights=openpose_weights, device=device, force=force
+        model=model,
+        batch_size=batch_size,
+        pose_backend=pose_backend,
+        openpose_weights=openpose_weights,
+        device=device,
+        force=force,
     )
     run_id = str(flow_run.id)
     only = Selection.failed_in(retry_of) if retry_of else None
@@ -162,7 +168,9 @@ def detect_reference_poses(rows: Manifest, output: str, settings: RunSettings, o
         progress.advance("poses")
 
 
-def generate(rows: Manifest, output: str, settings: RunSettings, shard: Shard, only: Selection | None, run_id: str) -> list[JobOutcome]:
+def generate(
+    rows: Manifest, output: str, settings: RunSettings, shard: Shard, only: Selection | None, run_id: str
+) -> list[JobOutcome]:
     """Plan this shard's batches and generate them, one task each. A batch that still fails
     after its retries fails its jobs with the error; the other batches go on."""
     planned = plan(rows, output, settings, shard, only)

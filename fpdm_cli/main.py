@@ -8,12 +8,18 @@ import os
 import sys
 import warnings
 
-from fpdm_cli import catalog_commands, data_commands, model_commands, run_commands
+from fpdm_cli import catalog_commands, model_commands, photo_commands, training_commands
 from model_core.errors import InputError
 
-# Every module here has `register(subparsers)`, which adds its commands and sets `run` on each
-# to the function that carries it out; `run` may return an exit code. Later issues add theirs.
-COMMAND_MODULES = (model_commands, catalog_commands, run_commands, data_commands)
+# The commands by what users do with them, in the order `fpdm --help` lists them. Every module
+# has `register(subparsers)`, which adds its commands and sets `run` on each to the function that
+# carries it out; `run` may return an exit code.
+COMMAND_MODULES = (
+    catalog_commands,  # run, retry, validate: a whole catalog
+    photo_commands,  # generate, qc, poses detect: one photo at a time
+    training_commands,  # synth, train, eval
+    model_commands,  # model save-preset, info, assemble
+)
 
 # argparse exits 2 on a usage error; a bad input file is the same kind of mistake.
 EXIT_BAD_INPUT = 2
@@ -23,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fpdm",
         description="FPDM Catalog: new photos of a catalog garment in other poses.",
+        epilog="Every command prints what it wrote or found. Bad input (an unreadable image or manifest, a "
+        "keypoint file in an unknown format, a model directory missing a part, a missing file) ends with one "
+        "line 'fpdm: error: <message>' on stderr and exit code 2, as usage errors do. `fpdm COMMAND --help` "
+        "describes each command.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:

@@ -34,7 +34,7 @@ from .errors import InputError
 from .fusion import FusionModel
 from .images import PHOTO_FILL, SKELETON_FILL, ModelGeometry, pil_to_tensor, square_encoder_input, tensor_to_pil
 from .keypoints import Keypoints
-from .presets import PRESETS, RANDOM_INIT_PRESETS, preset_config, trained_preset_directory
+from .presets import PRESETS, ModelKind, ModelSource, resolve_model
 from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector, denoise, uses_fusion
 
 FORMAT_VERSION = 1
@@ -68,17 +68,18 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def model_checksum(model: str | Path) -> str:
+def model_checksum(model: str | Path | ModelSource) -> str:
     """sha256 that identifies a model without loading it: over a model directory's index and
     its components' files (paths and contents; not the checkpoint-*/ copies or logs that a
     training output directory also holds), or over a random-init preset's config, whose fixed
     seed makes it the weights. Outputs record it, so a rerun with other weights is not a skip."""
+    source = resolve_model(model)
+    refuse_without_weights(source)
     digest = hashlib.sha256()
-    model = trained_preset_directory(model) or model
-    if isinstance(model, str) and model in PRESETS and not Path(model).exists():
-        digest.update(json.dumps(preset_config(model), sort_keys=True).encode())
+    if source.kind is ModelKind.RANDOM_INIT_PRESET:
+        digest.update(json.dumps(source.config, sort_keys=True).encode())
         return digest.hexdigest()
-    root = Path(model)
+    root = source.directory
     index_file = root / MODEL_INDEX
     if not index_file.is_file():
         raise InputError(f"{root}: not a model directory (no {MODEL_INDEX}) and not a preset ({', '.join(PRESETS)})")
@@ -93,6 +94,14 @@ def model_checksum(model: str | Path) -> str:
             while block := f.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def refuse_without_weights(source: ModelSource) -> None:
+    # An architecture-only preset would sample noise: neither a model to load nor one to identify.
+    if not source.has_weights:
+        raise InputError(
+            f"preset {source.asked!r} has no weights: build a model directory with `fpdm model assemble` and train it"
+        )
 
 
 @dataclass
@@ -152,7 +161,7 @@ class FPDMPipeline:
     # ----- construction, loading, saving -------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: dict, stage2_only: bool = False) -> "FPDMPipeline":
+    def from_config(cls, config: dict, stage2_only: bool = False) -> FPDMPipeline:
         """Build every component from a preset-style config, random-initialised from its seed."""
         torch.manual_seed(config.get("seed", 0))
         unet_config = dict(config["unet"])
@@ -173,23 +182,22 @@ class FPDMPipeline:
         )
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    def from_pretrained(
+        cls, model: str | Path | ModelSource, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> FPDMPipeline:
         """A model directory, the name of a trained preset (`demo`), or the name of a preset whose
-        random initialisation is a model."""
-        model = trained_preset_directory(model) or model
-        if isinstance(model, str) and model in PRESETS and not Path(model).exists():
-            if model not in RANDOM_INIT_PRESETS:
-                raise InputError(
-                    f"preset {model!r} has no weights: build a model directory with `fpdm model assemble` and train it"
-                )
-            pipe = cls.from_config(preset_config(model))
+        random initialisation is a model (presets.resolve_model decides which)."""
+        source = resolve_model(model)
+        refuse_without_weights(source)
+        if source.kind is ModelKind.RANDOM_INIT_PRESET:
+            pipe = cls.from_config(source.config)
         else:
-            pipe = cls._load_directory(Path(model))
+            pipe = cls._load_directory(source.directory)
         device = resolve_device(device) if isinstance(device, str) else device
         return pipe.to(device, dtype or inference_dtype(device))
 
     @classmethod
-    def _load_directory(cls, path: Path) -> "FPDMPipeline":
+    def _load_directory(cls, path: Path) -> FPDMPipeline:
         index_file = path / MODEL_INDEX
         if not path.is_dir():
             raise InputError(f"{path}: no such model directory, and not a preset ({', '.join(PRESETS)})")
@@ -254,7 +262,7 @@ class FPDMPipeline:
         }
         return {name: module for name, module in parts.items() if module is not None}
 
-    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> "FPDMPipeline":
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> FPDMPipeline:
         self.device, self.dtype = device, dtype or self.dtype
         for name, module in self.modules().items():
             # SD VAEs overflow to NaN in float16; the VAE stays float32 then (bf16 is fine).
@@ -345,7 +353,9 @@ class FPDMPipeline:
             pose_in = torch.cat([no_pose, pose_residual])
             fusion_in = None
             if self.uses_fusion:  # a full model run without stage 1: its fusion input stays zero
-                fusion_in = torch.zeros(2 * n, self.unet.config.projection_class_embeddings_input_dim, device=latents.device, dtype=latents.dtype)
+                fusion_in = torch.zeros(
+                    2 * n, self.unet.config.projection_class_embeddings_input_dim, device=latents.device, dtype=latents.dtype
+                )
         noise = denoise(self.unet, latents.repeat(branches, 1, 1, 1), t, context_in, pose_in, fusion_in)
         if branches == 3:
             e_u, e_s, e_f = noise.chunk(3)

@@ -7,11 +7,16 @@ that a model directory stores in its config files:
 - `fpdm-sd21`: the production architecture of FPDM.md (SD 2.1 UNet/VAE layout, ViT-L/14
   fusion encoder, DINOv2-L/14 source encoder at 512x512). Its weights come from `assemble`
   (public SD 2.1, CLIP and DINOv2 checkpoints) followed by training, never from the preset.
+
+`resolve_model` is the one place that decides what a model's name means: a preset, a trained
+preset's shipped directory, or a model directory.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from .errors import InputError
@@ -143,17 +148,58 @@ RANDOM_INIT_PRESETS = {"tiny", "demo-init"}
 TRAINED_PRESETS = {"demo": Path(__file__).resolve().parent / "trained" / "demo"}
 
 
-def trained_preset_directory(model) -> Path | None:
-    """The model directory behind a trained preset's name (unless a local path has that name)."""
-    if isinstance(model, str) and model in TRAINED_PRESETS and not Path(model).exists():
-        directory = TRAINED_PRESETS[model]
-        if not (directory / "model_index.json").is_file():
-            raise InputError(f"preset {model!r}: its weights are not in this installation ({directory})")
-        return directory
-    return None
-
-
 def preset_config(name: str) -> dict:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; presets: {', '.join([*PRESETS, *TRAINED_PRESETS])}")
     return copy.deepcopy(PRESETS[name])
+
+
+# ----- from a model's name to the model ------------------------------------------------------
+
+
+class ModelKind(Enum):
+    RANDOM_INIT_PRESET = "random-initialised preset"  # built from its config; the fixed seed makes the weights
+    TRAINED_PRESET = "trained preset"  # a model directory shipped in the package
+    MODEL_DIRECTORY = "model directory"
+    PRESET_WITHOUT_WEIGHTS = "preset without weights"  # an architecture only: its weights come from `assemble`
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model's name stands for. Loading, checksums and `fpdm model info` all start from
+    this, so they can never disagree about which model a name means."""
+
+    asked: str | Path  # the name or path as the user gave it
+    kind: ModelKind
+    directory: Path | None = None  # where the files are: a trained preset or a model directory
+    config: dict | None = None  # a preset's architecture: random-initialised presets and those without weights
+
+    @property
+    def has_weights(self) -> bool:
+        return self.kind is not ModelKind.PRESET_WITHOUT_WEIGHTS
+
+
+def resolve_model(model: str | Path | ModelSource) -> ModelSource:
+    """The one rule for a `--model` value: a preset's name means that preset, unless a local path
+    of that name exists (a model saved as ./tiny is that folder); anything else is a model directory,
+    and so is a Path object. Directories are not checked here: their readers say what is wrong with
+    them. A ModelSource is returned as it is, so a caller can resolve once and pass the result on."""
+    if isinstance(model, ModelSource):
+        return model
+    if isinstance(model, str) and (model in PRESETS or model in TRAINED_PRESETS) and not Path(model).exists():
+        return preset_source(model)
+    return ModelSource(model, ModelKind.MODEL_DIRECTORY, directory=Path(model))
+
+
+def preset_source(name: str) -> ModelSource:
+    """The model a preset's name stands for, whatever local paths exist: for commands whose
+    argument can only be a preset (`fpdm model save-preset`)."""
+    if name in TRAINED_PRESETS:
+        directory = TRAINED_PRESETS[name]
+        # The weights are package data: an installation built without them must say so, not load nothing.
+        if not (directory / "model_index.json").is_file():
+            raise InputError(f"preset {name!r}: its weights are not in this installation ({directory})")
+        return ModelSource(name, ModelKind.TRAINED_PRESET, directory=directory)
+    config = preset_config(name)  # InputError for an unknown name
+    kind = ModelKind.RANDOM_INIT_PRESET if name in RANDOM_INIT_PRESETS else ModelKind.PRESET_WITHOUT_WEIGHTS
+    return ModelSource(name, kind, config=config)

@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
@@ -44,6 +44,8 @@ from .pose_detection import make_pose_detector
 from .qc import DEFAULT_QC, ModelReference, QCConfig, best_candidate, check_image
 
 
+# The one place a run's defaults are set: the flow's parameters and `fpdm run`'s options take theirs
+# from these fields, so a flow run and a CLI run left at their defaults run the same way.
 @dataclass(frozen=True)
 class RunSettings:
     model: str = "tiny"  # preset name or model directory
@@ -76,7 +78,7 @@ class Shard:
     count: int = 1
 
     @classmethod
-    def parse(cls, text: str | None) -> "Shard":
+    def parse(cls, text: str | None) -> Shard:
         """'INDEX/COUNT' (e.g. '1/4'), or None for the whole run."""
         if text is None or text == "":
             return cls()
@@ -101,7 +103,7 @@ class Selection:
     rows: frozenset[int]
 
     @classmethod
-    def failed_in(cls, report_uri: str) -> "Selection":
+    def failed_in(cls, report_uri: str) -> Selection:
         failed = [o for o in outputs.read_report(report_uri) if o.status == FAILED]
         return cls(
             frozenset(o.job_id for o in failed if o.variant_id),
@@ -133,7 +135,7 @@ class RunResult:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 # ----- plan ----------------------------------------------------------------------------------------
@@ -220,7 +222,9 @@ def detect_reference_pose(uri: str, output: str, settings: RunSettings) -> str |
 
 
 def pose_resolver(output: str, settings: RunSettings) -> PoseResolver:
-    return PoseResolver(output, lambda: shared_pose_detector(settings.pose_backend, settings.openpose_weights), settings.pose_backend)
+    return PoseResolver(
+        output, lambda: shared_pose_detector(settings.pose_backend, settings.openpose_weights), settings.pose_backend
+    )
 
 
 def qc_detector(settings: RunSettings):
@@ -324,7 +328,7 @@ def _generate(
     )
     seconds_per_image = (time.perf_counter() - started) / sum(p.job.num_candidates for p, _ in ready)
 
-    for (planned, photo), pose_encoding, candidates in zip(ready, pose_encodings, images):
+    for (planned, photo), pose_encoding, candidates in zip(ready, pose_encodings, images, strict=True):
         job = planned.job
         qc_started = time.perf_counter()
         reference = ModelReference.for_job(pipe, source_encodings[photo.uri], pose_encoding)
@@ -360,9 +364,9 @@ def _generate(
             "notes": job.notes,
             "extra": job.extra,
             # The source read now may differ from the one planned on; the key records what was used.
-            "inputs_key": planned.inputs_key if photo.sha256 == planned.source_sha256 else outputs.inputs_key(
-                job, photo.sha256, planned.pose.sha256, model_checksum
-            ),
+            "inputs_key": planned.inputs_key
+            if photo.sha256 == planned.source_sha256
+            else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum),
         }
         try:
             uri = outputs.write_variant(output, job, candidates[kept], sidecar)

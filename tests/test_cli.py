@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -42,8 +43,18 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *expected_in_mess
 
 def generate_example(model: str | Path, out: Path) -> subprocess.CompletedProcess:
     return run_fpdm(
-        "generate", "--model", model, "--source", EXAMPLE_SOURCE,
-        "--pose", FRONT_POSE, "--pose", WALK_POSE, "--out", out, *QUICK_GENERATE,
+        "generate",
+        "--model",
+        model,
+        "--source",
+        EXAMPLE_SOURCE,
+        "--pose",
+        FRONT_POSE,
+        "--pose",
+        WALK_POSE,
+        "--out",
+        out,
+        *QUICK_GENERATE,
     )
 
 
@@ -61,6 +72,7 @@ def saved_tiny(tmp_path_factory) -> Path:
     return model_dir
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_generate_writes_one_png_per_pose_and_sample_and_prints_them(tiny_generation):
     result, out = tiny_generation
     assert result.returncode == 0, result.stderr
@@ -73,6 +85,7 @@ def test_generate_writes_one_png_per_pose_and_sample_and_prints_them(tiny_genera
     assert (out / "arms-folded-front_s0.png").read_bytes() != (out / "arms-folded-front_s1.png").read_bytes()
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_saved_preset_generates_the_same_images_as_the_preset(tiny_generation, saved_tiny, tmp_path):
     preset_result, preset_out = tiny_generation
     assert preset_result.returncode == 0, preset_result.stderr
@@ -82,19 +95,32 @@ def test_saved_preset_generates_the_same_images_as_the_preset(tiny_generation, s
         assert (tmp_path / name).read_bytes() == (preset_out / name).read_bytes(), name
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_poses_sharing_a_file_stem_get_distinct_outputs(tmp_path):
     other_front = tmp_path / "other" / FRONT_POSE.name
     other_front.parent.mkdir()
     shutil.copy(WALK_POSE, other_front)
     out = tmp_path / "out"
     result = run_fpdm(
-        "generate", "--source", EXAMPLE_SOURCE, "--pose", FRONT_POSE, "--pose", other_front,
-        "--out", out, "--steps", "1", "--device", "cpu",
+        "generate",
+        "--source",
+        EXAMPLE_SOURCE,
+        "--pose",
+        FRONT_POSE,
+        "--pose",
+        other_front,
+        "--out",
+        out,
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in out.iterdir()) == ["arms-folded-front-1_s0.png", "arms-folded-front-2_s0.png"]
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_unreadable_source_image_is_one_error_line_naming_it(tmp_path):
     not_an_image = tmp_path / "photo.jpg"
     not_an_image.write_text("this is text, not a JPEG\n")
@@ -102,6 +128,7 @@ def test_unreadable_source_image_is_one_error_line_naming_it(tmp_path):
     assert_one_error_line(result, str(not_an_image))
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_keypoint_file_of_unknown_format_is_one_error_line_naming_it(tmp_path):
     unknown_format = tmp_path / "pose.yaml"
     unknown_format.write_text("nose: [1, 2]\n")
@@ -109,6 +136,7 @@ def test_keypoint_file_of_unknown_format_is_one_error_line_naming_it(tmp_path):
     assert_one_error_line(result, str(unknown_format))
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_model_directory_missing_a_part_is_one_error_line_naming_the_part(saved_tiny, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(saved_tiny, broken)
@@ -117,6 +145,7 @@ def test_model_directory_missing_a_part_is_one_error_line_naming_the_part(saved_
     assert_one_error_line(result, str(broken), "unet")
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_model_info_prints_parameter_counts():
     result = run_fpdm("model", "info", "tiny")
     assert result.returncode == 0, result.stderr
@@ -125,6 +154,7 @@ def test_model_info_prints_parameter_counts():
     assert "DDIMScheduler" in result.stdout
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_model_info_of_a_directory_prints_its_checksum(saved_tiny):
     from model_core.pipeline_fpdm import model_checksum
 
@@ -133,6 +163,7 @@ def test_model_info_of_a_directory_prints_its_checksum(saved_tiny):
     assert f"checksum: {model_checksum(saved_tiny)}" in result.stdout
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_model_info_of_the_trained_demo_preset_names_its_directory_and_stored_dtype():
     from model_core.pipeline_fpdm import model_checksum
     from model_core.presets import TRAINED_PRESETS
@@ -145,6 +176,7 @@ def test_model_info_of_the_trained_demo_preset_names_its_directory_and_stored_dt
     assert all("float32" in line for line in result.stdout.splitlines() if "parameters" in line and "total" not in line)
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_save_preset_of_the_demo_writes_its_weights_unchanged(tmp_path):
     from model_core.pipeline_fpdm import model_checksum
 
@@ -153,6 +185,7 @@ def test_save_preset_of_the_demo_writes_its_weights_unchanged(tmp_path):
     assert model_checksum(tmp_path / "demo") == model_checksum("demo")
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_pairs_csv_without_a_required_column_is_one_error_line_naming_it(tmp_path):
     pairs = tmp_path / "bad.csv"
     pairs.write_text("source_image,target_image\nsource.png,target.png\n")
@@ -160,23 +193,34 @@ def test_pairs_csv_without_a_required_column_is_one_error_line_naming_it(tmp_pat
     assert_one_error_line(result, "target_pose")
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_usage_errors_exit_2():
     assert run_fpdm("generate", "--source", EXAMPLE_SOURCE).returncode == 2  # no --pose, no --out
     assert run_fpdm("generate", "--source", EXAMPLE_SOURCE, "--pose", FRONT_POSE, "--out", "x", "--steps", "0").returncode == 2
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_deepfashion_keypoints_are_read_on_the_source_photos_canvas(deepfashion_dir, tmp_path):
     # A .txt pose has no canvas of its own: it is scaled to the source photo (750x1101 here).
     garment = "MEN/Tees_Tanks/id_00004047"
     result = run_fpdm(
-        "generate", "--source", deepfashion_dir / "img" / garment / "01_1_front.jpg",
-        "--pose", deepfashion_dir / "pose" / garment / "01_2_side.txt",
-        "--out", tmp_path, "--steps", "1", "--device", "cpu",
+        "generate",
+        "--source",
+        deepfashion_dir / "img" / garment / "01_1_front.jpg",
+        "--pose",
+        deepfashion_dir / "pose" / garment / "01_2_side.txt",
+        "--out",
+        tmp_path,
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "01_2_side_s0.png")]
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_validate_exit_codes_follow_the_manifest(tmp_path):
     good = run_fpdm("validate", REPO_ROOT / "manifests" / "example.csv")
     assert good.returncode == 0, good.stderr
@@ -196,6 +240,7 @@ def test_validate_exit_codes_follow_the_manifest(tmp_path):
     assert unusable.stderr.strip().startswith("fpdm: error:") and "target_pose" in unusable.stderr
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_poses_detect_writes_coco18_files_and_goes_on_past_a_bad_photo(tmp_path, deepfashion_dir):
     photos = deepfashion_dir / "img"
     front = photos / "MEN" / "Tees_Tanks" / "id_00004047" / "01_3_back.jpg"
@@ -211,3 +256,64 @@ def test_poses_detect_writes_coco18_files_and_goes_on_past_a_bad_photo(tmp_path,
 
     keypoints = read_keypoints(tmp_path / "poses" / "01_3_back.json")
     assert (keypoints.width, keypoints.height) == (750, 1101) and keypoints.visible.sum() >= 10
+
+
+def option_help(capsys, *command: str) -> dict[str, str]:
+    """`fpdm COMMAND --help`, in this process: each option's line(s) by flag, whitespace normalised."""
+    from fpdm_cli.main import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    blocks = re.split(r"\n  (?=-)", options)  # an option starts a line at indent 2; its help wraps deeper
+    return {block.split()[0]: " ".join(block.split()) for block in blocks if block.strip()}
+
+
+def description(capsys, *command: str) -> str:
+    from fpdm_cli.main import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_run_options_left_out_take_run_settings_defaults_which_its_help_states(capsys):
+    from fpdm_cli.main import build_parser
+    from pipeline.run import RunSettings
+
+    args = build_parser().parse_args(["run", "manifest.csv", "--output", "out"])
+    assert not {"model", "batch_size", "pose_backend", "openpose_weights", "device", "force"} & set(vars(args))
+    helps = option_help(capsys, "run")
+    flags = {"--model": "model", "--batch-size": "batch_size", "--pose-backend": "pose_backend", "--device": "device"}
+    for flag, field in flags.items():
+        assert re.search(rf"\(default:? {getattr(RunSettings, field)}\)", helps[flag]), helps[flag]
+
+
+def test_help_states_the_defaults_and_columns_the_code_uses(capsys):
+    import inspect
+
+    from model_core.training import train_diffusion, train_fusion
+    from pipeline.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+
+    fusion = inspect.signature(train_fusion).parameters
+    batch, lr = re.search(r"\(batch (\d+), lr ([\d.e-]+),", description(capsys, "train", "fusion")).groups()
+    assert (int(batch), float(lr)) == (fusion["batch_size"].default, fusion["learning_rate"].default)
+
+    diffusion = inspect.signature(train_diffusion).parameters
+    pattern = r"\(batch (\d+) with (\d+) accumulation steps, lr ([\d.e-]+) with warm-up,"
+    batch, accumulation, lr = re.search(pattern, description(capsys, "train", "diffusion")).groups()
+    assert (int(batch), int(accumulation), float(lr)) == (
+        diffusion["batch_size"].default, diffusion["gradient_accumulation"].default, diffusion["learning_rate"].default,
+    )  # fmt: skip
+    assert f"(default {diffusion['warmup_steps'].default};" in option_help(capsys, "train", "diffusion")["--warmup-steps"]
+
+    columns = f"Columns: {', '.join(REQUIRED_COLUMNS)} (required); {', '.join(OPTIONAL_COLUMNS)} (optional)"
+    assert columns in description(capsys, "validate")
+
+
+def test_help_loads_no_heavy_library():
+    heavy = {"torch", "diffusers", "prefect", "pandas", "rich", "safetensors"}
+    code = f"import sys; from fpdm_cli.main import build_parser; build_parser(); print(sorted({heavy!r} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,100 @@
+"""Argument types and options that several commands share, so they read and check the same way
+everywhere. Command modules import nothing from each other; what they share is here."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects nothing: no use outside a run
+
+# Options of the train commands, as the keywords of model_core.training's train functions. They
+# are parsed with argparse.SUPPRESS as default, so an option the user did not give is absent and
+# the train function's own default applies (model_core.training: the one place they are written).
+TRAIN_OPTIONS = ("max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed")
+TRAIN_DIFFUSION_OPTIONS = (*TRAIN_OPTIONS, "stage2_only", "gradient_accumulation", "warmup_steps")
+
+DEVICES = "auto (CUDA if available), cpu, cuda or cuda:N"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", used_for: str = "") -> None:
+    """--device with the same choices everywhere. `used_for` says what runs on it where that is not
+    the whole command (`fpdm qc`: only --model's checks)."""
+    prefix = f"device for {used_for}: " if used_for else ""
+    parser.add_argument("--device", default=default, metavar="D", help=f"{prefix}{DEVICES} (default: auto)")
+
+
+def add_detector_arguments(
+    parser: argparse.ArgumentParser, flag: str = "--backend", choices=DETECTOR_BACKENDS, default: str = "auto"
+) -> None:
+    parser.add_argument(
+        flag,
+        default=default,
+        choices=choices,
+        help="pose detector: openpose (needs its weights), mediapipe (bundled, offline), "
+        + ("keypoints (no detection: pose files must be keypoint files), " if "keypoints" in choices else "")
+        + "or auto: openpose when its weights are configured, else mediapipe (default auto)",
+    )
+    parser.add_argument(
+        "--openpose-weights",
+        dest="openpose_weights",
+        help="folder or s3:// prefix with the OpenPose weights (default: $FPDM_OPENPOSE_WEIGHTS)",
+    )
+
+
+def add_common_train_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every `fpdm train` stage. The parser must have argument_default=SUPPRESS
+    (see TRAIN_OPTIONS)."""
+    parser.add_argument(
+        "--pairs", type=Path, required=True, help="pairs CSV: source_image,target_image,target_pose (paths relative to it)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True,
+        help="output directory: train_log.jsonl, checkpoint-NNNNNN/ folders and the final model, itself a --model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-steps",
+        dest="max_steps",
+        type=positive_int,
+        metavar="N",
+        help="stop after this many optimiser steps (instead of --epochs)",
+    )
+    parser.add_argument("--epochs", type=positive_int, metavar="N", help="passes over the pairs")
+    parser.add_argument("--batch-size", dest="batch_size", type=positive_int, metavar="N", help="pairs per step")
+    parser.add_argument("--lr", dest="learning_rate", type=positive_float, metavar="F", help="learning rate")
+    parser.add_argument(
+        "--checkpoint-every", dest="checkpoint_every", type=positive_int, metavar="N", help="steps between checkpoints"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out, with the steps an uninterrupted run takes",
+    )
+    add_device_argument(parser, default=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=non_negative_int, metavar="N", help="random seed")
+
+
+def given_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The options among `names` that the user gave (those parsed with argparse.SUPPRESS as default)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
