@@ -15,6 +15,10 @@ The source projector and the pose embedding are new, from the preset. Foreign fi
 as safetensors or with `torch.load(weights_only=True)`: nothing from outside is unpickled
 beyond plain tensors and containers. Every bad input is an `InputError` naming the file or
 the part.
+
+Just over 500 lines, on purpose: one procedure with the checks that make each of three foreign
+checkpoint formats safe to load (strict key checks, shape checks, pickle-free reading), read top
+to bottom; split, each check would sit away from the step it guards.
 """
 
 from __future__ import annotations
@@ -275,9 +279,7 @@ def _verify_unet_weights(unet: UNet2DConditionModel, files: list[Path], safetens
             seen.add(key)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise InputError(
-            f"{files[0].parent}: the UNet weights lack {_listed(missing)}; diffusers would leave them uninitialised"
-        )
+        raise InputError(f"{files[0].parent}: the UNet weights lack {_listed(missing)}; diffusers would leave them uninitialised")
     for key in new_keys:
         if not torch.isfinite(unet.state_dict()[key]).all():  # pragma: no cover - guards the initialisation above
             raise RuntimeError(f"UNet class embedding {key} is not finite after initialisation")
@@ -399,7 +401,7 @@ def _state_dict(path: Path, data) -> dict[str, torch.Tensor]:
     if not isinstance(data, Mapping):
         raise InputError(f"{path}: holds a {type(data).__name__}, not a state dict")
     tensors = {
-        (key[len("module."):] if key.startswith("module.") else key): value
+        (key[len("module.") :] if key.startswith("module.") else key): value
         for key, value in data.items()
         if isinstance(key, str) and isinstance(value, torch.Tensor)
     }
@@ -443,7 +445,7 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
 
 def _load_clip_tower(fusion: FusionModel, path: Path) -> None:
     state = read_checkpoint(path)
-    visual = {key[len("visual."):]: value for key, value in state.items() if key.startswith("visual.")}
+    visual = {key[len("visual.") :]: value for key, value in state.items() if key.startswith("visual.")}
     if not visual:
         hint = ""
         if any(key.startswith("vision_model.") for key in state):
@@ -460,7 +462,7 @@ def _load_source_encoder(encoder: SourceEncoder, path: Path) -> None:
     state = read_checkpoint(path)
     trunk = "visual.trunk."
     if any(key.startswith(trunk) for key in state):  # open_clip's timm towers
-        state = {key[len(trunk):]: value for key, value in state.items() if key.startswith(trunk)}
+        state = {key[len(trunk) :]: value for key, value in state.items() if key.startswith(trunk)}
     # Parts the frozen feature extractor does not have: DINOv2's masked-modelling token, and a
     # classifier head (with its pooling norm) when the backbone is built without one.
     state.pop("mask_token", None)

@@ -17,7 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
-from .keypoints import Keypoints, fit_image, render_skeleton
+from .keypoints import Keypoints, fit_image
+from .skeletons import render_skeleton
 
 # A catalog photo is a few megapixels; anything far beyond that is a decompression bomb or a
 # mistake, and decoding it would take the worker's memory with it.

@@ -1,8 +1,6 @@
-"""COCO-18 body keypoints: reading them, fitting them to a canvas, and drawing OpenPose skeletons.
-
-The model is conditioned on skeleton images, so the renderer reproduces the reference renderings
-FPDM was trained on (OpenPose's `draw_bodypose`, drawn and saved with OpenCV): limbs land on the
-same pixels with the same widths and colours. Only numpy and Pillow are used.
+"""COCO-18 body keypoints, the model's pose input: reading them (coco18, OpenPose and DeepFashion
+files) and fitting them, with their photo, to a canvas. The skeleton images drawn from them are
+in `skeletons`. Only numpy and Pillow are used.
 
 Coordinates are pixels of a `width x height` canvas: x to the right, y down, pixel (i, j) covers
 [i, i + 1) x [j, j + 1).
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from model_core.errors import InputError
 
@@ -44,39 +42,10 @@ NUM_KEYPOINTS = len(COCO18_NAMES)
 # The keypoint file formats `parse_keypoints` reads, by suffix: coco18 or OpenPose JSON, DeepFashion text.
 KEYPOINT_SUFFIXES = (".json", ".txt")
 
-# OpenPose's limbSeq, 0-based. The order matters: limb i is drawn in colour i, and later limbs
-# are blended over earlier ones.
 # For each COCO-18 index, the index of the same joint on the other side of the body: relabels a
 # pose as seen from behind, or (with x flipped) in a mirror.
 LEFT_RIGHT_SWAP: tuple[int, ...] = (0, 1, 5, 6, 7, 2, 3, 4, 11, 12, 13, 8, 9, 10, 15, 14, 17, 16)
 
-LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
-    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
-)
-
-# OpenPose's 18-colour palette as its source lists it. That code hands these triples to OpenCV,
-# which reads them as BGR, so the reference renderings show them channel-reversed (the neck-nose
-# limb is red, the shoulders blue). We keep the colours as they appear in those images.
-_OPENPOSE_PALETTE_AS_WRITTEN = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
-    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
-    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
-)
-JOINT_COLORS: tuple[tuple[int, int, int], ...] = tuple(
-    (blue, green, red) for red, green, blue in _OPENPOSE_PALETTE_AS_WRITTEN
-)
-# One colour per limb: limb i takes palette colour i (the 18th colour is only used by a joint).
-LIMB_COLORS: tuple[tuple[int, int, int], ...] = JOINT_COLORS[: len(LIMBS)]
-
-# Limbs are blended over what is already drawn, so on black they show at 60 % brightness.
-LIMB_OPACITY = 0.6
-
-# The reference renderings are 750x1101 with limbs 8 px wide (OpenPose's stickwidth 4, the
-# ellipse's half-width) and joint dots of radius 4. Other canvas sizes scale both with the
-# picture, the same factor `Fit.between(750, 1101, w, h, "pad")` would apply to the person.
-REFERENCE_CANVAS_SIZE = (750, 1101)
-REFERENCE_LIMB_WIDTH = 8.0
 
 # OpenPose BODY_25 index for each COCO-18 keypoint (BODY_25 adds mid-hip at 8 and feet at 19+).
 BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -106,7 +75,7 @@ class Fit:
     height: int
 
     @classmethod
-    def between(cls, src_w: int, src_h: int, dst_w: int, dst_h: int, mode: str = "pad") -> "Fit":
+    def between(cls, src_w: int, src_h: int, dst_w: int, dst_h: int, mode: str = "pad") -> Fit:
         for name, size in (("src_w", src_w), ("src_h", src_h), ("dst_w", dst_w), ("dst_h", dst_h)):
             if size <= 0:
                 raise ValueError(f"Fit.between: {name} must be positive, got {size}")
@@ -118,9 +87,7 @@ class Fit:
             raise ValueError(f"Fit.between: mode must be one of {FIT_MODES}, got {mode!r}")
         offset_x = (dst_w - src_w * scale) / 2
         offset_y = (dst_h - src_h * scale) / 2
-        return cls(
-            scale=scale, offset_x=offset_x, offset_y=offset_y, width=int(dst_w), height=int(dst_h)
-        )
+        return cls(scale=scale, offset_x=offset_x, offset_y=offset_y, width=int(dst_w), height=int(dst_h))
 
     def apply_to_points(self, points: np.ndarray) -> np.ndarray:
         """Map (N, 3) x, y, confidence rows onto the canvas; missing rows stay all zero."""
@@ -149,9 +116,7 @@ class Keypoints:
         except (TypeError, ValueError) as error:
             raise InputError(f"keypoints are not a numeric (18, 3) array: {error}") from None
         if points.shape != (NUM_KEYPOINTS, 3):
-            raise InputError(
-                f"keypoints must have shape (18, 3) (x, y, confidence), got {points.shape}"
-            )
+            raise InputError(f"keypoints must have shape (18, 3) (x, y, confidence), got {points.shape}")
         if not np.isfinite(points).all():
             bad = [COCO18_NAMES[i] for i in np.flatnonzero(~np.isfinite(points).all(axis=1))]
             raise InputError(f"keypoints contain NaN or infinite values at {', '.join(bad)}")
@@ -171,11 +136,7 @@ class Keypoints:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Keypoints):
             return NotImplemented
-        return (
-            self.width == other.width
-            and self.height == other.height
-            and np.array_equal(self.points, other.points)
-        )
+        return self.width == other.width and self.height == other.height and np.array_equal(self.points, other.points)
 
     def __hash__(self) -> int:
         return hash((self.width, self.height, self.points.tobytes()))
@@ -193,7 +154,7 @@ class Keypoints:
         }
 
     @classmethod
-    def from_json(cls, data: dict, source: str = "<keypoints>") -> "Keypoints":
+    def from_json(cls, data: dict, source: str = "<keypoints>") -> Keypoints:
         if not isinstance(data, dict):
             raise InputError(f"{source}: expected a JSON object, got {type(data).__name__}")
         if data.get("format") != "coco18":
@@ -205,7 +166,7 @@ class Keypoints:
             raise InputError(f'{source}: "keypoints" must be a list of 18 [x, y, score] rows')
         return _keypoints(rows, width, height, source)
 
-    def fitted(self, width: int, height: int, mode: str = "pad") -> "Keypoints":
+    def fitted(self, width: int, height: int, mode: str = "pad") -> Keypoints:
         """The same keypoints after `fit_image(photo, width, height, mode)`; points that end up
         outside the new canvas (crop) become missing."""
         fit = Fit.between(self.width, self.height, width, height, mode)
@@ -263,9 +224,7 @@ def fit_image(
 
 def _to_rgb(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     # Transparent areas should look like the padding, not like whatever RGB hides under alpha 0.
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
         return image.convert("RGB")
     background = Image.new("RGBA", image.size, fill + (255,))
@@ -328,15 +287,12 @@ def parse_keypoints(
     try:
         content = json.loads(text)
     except json.JSONDecodeError as error:
-        raise InputError(
-            f"{name}: not valid JSON ({error}); accepted: {ACCEPTED_FORMATS}"
-        ) from None
+        raise InputError(f"{name}: not valid JSON ({error}); accepted: {ACCEPTED_FORMATS}") from None
     if isinstance(content, dict) and content.get("format") == "coco18":
         keypoints = Keypoints.from_json(content, source=name)
         if width is not None and (width, height) != (keypoints.width, keypoints.height):
             raise InputError(
-                f"{name}: keypoints are for a {keypoints.width}x{keypoints.height} canvas, "
-                f"expected {width}x{height}"
+                f"{name}: keypoints are for a {keypoints.width}x{keypoints.height} canvas, expected {width}x{height}"
             )
         return keypoints
     if isinstance(content, dict) and "people" in content:
@@ -363,10 +319,7 @@ def keypoints_from_openpose(
     if width is None or height is None:
         width, height = _openpose_canvas(data) or (None, None)
         if width is None or height is None:
-            raise InputError(
-                f"{source}: OpenPose JSON has no canvas size (canvas_width/canvas_height) "
-                "and none was given"
-            )
+            raise InputError(f"{source}: OpenPose JSON has no canvas size (canvas_width/canvas_height) and none was given")
     width = _positive_int(width, "canvas width", source)
     height = _positive_int(height, "canvas height", source)
 
@@ -393,8 +346,7 @@ def keypoints_from_openpose(
         points = values.reshape(25, 3)[list(BODY25_TO_COCO18)]
     else:
         raise InputError(
-            f"{source}: expected 18 (COCO-18) or 25 (BODY_25) keypoints of x, y, confidence, "
-            f"got {values.size} values"
+            f"{source}: expected 18 (COCO-18) or 25 (BODY_25) keypoints of x, y, confidence, got {values.size} values"
         )
     return _keypoints(points, width, height, source)
 
@@ -409,9 +361,7 @@ def keypoints_from_deepfashion_txt(
     width x height photo."""
     rows = [line.split() for line in text.splitlines() if line.strip()]
     if len(rows) != NUM_KEYPOINTS or any(len(row) != 2 for row in rows):
-        raise InputError(
-            f'{source}: expected 18 rows of "x y" (DeepFashion keypoints), got {len(rows)} rows'
-        )
+        raise InputError(f'{source}: expected 18 rows of "x y" (DeepFashion keypoints), got {len(rows)} rows')
     try:
         frame_xy = np.array(rows, dtype=np.float64)
     except ValueError:
@@ -444,83 +394,3 @@ def _positive_int(value, what: str, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InputError(f"{source}: {what} must be a positive integer, got {value!r}")
     return int(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------
-
-
-def render_skeleton(
-    keypoints: Keypoints,
-    width: int | None = None,
-    height: int | None = None,
-    limb_width: float | None = None,
-) -> Image.Image:
-    """OpenPose-style skeleton on black: a dot per visible joint, then the 17 limbs as
-    coloured ellipses blended over them.
-
-    width/height: canvas size; if it differs from the keypoints' canvas they are fitted to it
-    (pad). limb_width: full limb width in pixels; default 8 px on a 750x1101 canvas, scaled
-    with the canvas. Joint dots have radius limb_width / 2.
-    """
-    if (width is None) != (height is None):
-        raise ValueError("render_skeleton: give both width and height, or neither")
-    if width is not None and (width, height) != (keypoints.width, keypoints.height):
-        keypoints = keypoints.fitted(width, height, mode="pad")
-    width, height = keypoints.width, keypoints.height
-    if limb_width is None:
-        reference_w, reference_h = REFERENCE_CANVAS_SIZE
-        limb_width = REFERENCE_LIMB_WIDTH * min(width / reference_w, height / reference_h)
-    if limb_width <= 0:
-        raise ValueError(f"render_skeleton: limb_width must be positive, got {limb_width}")
-    half_width = limb_width / 2
-
-    points = keypoints.points[:, :2].astype(np.float64)
-    visible = keypoints.visible
-
-    # Joints first, at full colour; the limbs drawn next are blended over them, as in the reference.
-    image = Image.new("RGB", (width, height), (0, 0, 0))
-    draw = ImageDraw.Draw(image)
-    joint_radius = round(half_width)  # whole pixels, like cv2.circle
-    for joint in np.flatnonzero(visible):
-        x, y = np.floor(points[joint])
-        if joint_radius == 0:
-            draw.point((x, y), fill=JOINT_COLORS[joint])
-        else:
-            box = (x - joint_radius, y - joint_radius, x + joint_radius, y + joint_radius)
-            draw.ellipse(box, fill=JOINT_COLORS[joint])
-
-    canvas = np.array(image, dtype=np.float32)
-    for limb, (start, end) in enumerate(LIMBS):
-        if not (visible[start] and visible[end]):
-            continue
-        polygon = _limb_polygon(points[start], points[end], half_width)
-        mask_image = Image.new("L", (width, height), 0)
-        ImageDraw.Draw(mask_image).polygon(polygon, fill=255)
-        mask = np.asarray(mask_image) > 0
-        color = np.array(LIMB_COLORS[limb], dtype=np.float32)
-        # Rounded per limb, as the reference's uint8 cv2.addWeighted did.
-        canvas[mask] = np.round((1 - LIMB_OPACITY) * canvas[mask] + LIMB_OPACITY * color)
-    return Image.fromarray(canvas.astype(np.uint8), "RGB")
-
-
-def _limb_polygon(
-    start: np.ndarray, end: np.ndarray, half_width: float
-) -> list[tuple[float, float]]:
-    """Outline of the ellipse spanning start..end, one vertex per degree (cv2.ellipse2Poly)."""
-    # The reference passed cv2.ellipse2Poly a whole-pixel centre, a whole-pixel half-length and a
-    # whole-degree angle, each truncated. We truncate the same way: on a 9 px wide limb, the
-    # exact angle alone moves a leg's tips by up to ~4 px and drops the overlap with the
-    # reference renderings from ~0.96 to ~0.77 IoU.
-    center_x, center_y = np.floor((start + end) / 2)
-    delta_x, delta_y = start - end
-    half_length = math.floor(math.hypot(delta_x, delta_y) / 2)
-    angle = math.radians(math.trunc(math.degrees(math.atan2(delta_y, delta_x))))
-
-    t = np.deg2rad(np.arange(0, 361))
-    along = half_length * np.cos(t)
-    across = half_width * np.sin(t)
-    xs = center_x + along * math.cos(angle) - across * math.sin(angle)
-    ys = center_y + along * math.sin(angle) + across * math.cos(angle)
-    return list(zip(np.round(xs).tolist(), np.round(ys).tolist()))

@@ -18,13 +18,14 @@ import io
 import json
 from collections import Counter
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from PIL import Image, ImageDraw
 
 from model_core.errors import InputError
 from model_core.images import ModelGeometry, decode_image
-from model_core.keypoints import Keypoints, render_skeleton
+from model_core.keypoints import Keypoints
+from model_core.skeletons import render_skeleton
 
 from . import storage
 from .planning import Job, JobOutcome
@@ -79,8 +80,10 @@ def write_variant(output: str, job: Job, image: Image.Image, sidecar: dict) -> s
     data = buffer.getvalue()
     uri = image_uri(output, job)
     storage.write_bytes(uri, data, content_type="image/png")
-    sidecar = dict(sidecar, image={"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height})
-    sidecar.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    sidecar = dict(
+        sidecar, image={"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height}
+    )
+    sidecar.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     storage.write_bytes(sidecar_uri(output, job), json.dumps(sidecar, indent=2).encode(), content_type="application/json")
     return uri
 
@@ -119,7 +122,9 @@ def write_report(output: str, run_id: str, outcomes: list[JobOutcome], extra_sum
     report = report_uri(output, run_id)
     storage.write_bytes(report, buffer.getvalue().encode(), content_type="text/csv")
     summary = dict(summarize(outcomes), run_id=run_id, report=report, **(extra_summary or {}))
-    storage.write_bytes(storage.join(folder, "summary.json"), json.dumps(summary, indent=2).encode(), content_type="application/json")
+    storage.write_bytes(
+        storage.join(folder, "summary.json"), json.dumps(summary, indent=2).encode(), content_type="application/json"
+    )
     return report
 
 
@@ -195,4 +200,3 @@ def write_contact_sheet(output: str, garment_id: str) -> str | None:
     uri = storage.join(folder, CONTACT_SHEET)
     storage.write_bytes(uri, buffer.getvalue(), content_type="image/jpeg")
     return uri
-

@@ -17,7 +17,8 @@ Checks, in order (all thresholds live in `QCConfig`):
   are recorded (alignment) or skipped (CLIP cosine) but never change the status or the score.
 
 Thresholds were calibrated on the DeepFashion photos in ../shared/data/deepfashion; the numbers
-measured there are quoted next to each threshold below.
+measured there are quoted next to each threshold below. Those calibration notes are why the
+module runs past 500 lines: a threshold without its measurement beside it could not be judged.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class QCResult:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "QCResult":
+    def from_json(cls, data: dict) -> QCResult:
         if not isinstance(data, dict) or data.get("status") not in STATUSES:
             raise InputError(f"not a QC result: expected a status among {', '.join(STATUSES)}")
         return cls(
@@ -146,13 +147,13 @@ class ModelReference:
     """What the model knows about one job (source, target pose), for the embedding checks.
     Built once per job and shared by its candidates."""
 
-    pipe: "FPDMPipeline"
-    source_embedding: "torch.Tensor | None"  # CLIP embedding of the source photo
-    fusion_embedding: "torch.Tensor | None"  # stage 1's prediction of the target's CLIP embedding
+    pipe: FPDMPipeline
+    source_embedding: torch.Tensor | None  # CLIP embedding of the source photo
+    fusion_embedding: torch.Tensor | None  # stage 1's prediction of the target's CLIP embedding
     clip_pretrained: bool  # the fusion encoder started from a pretrained CLIP checkpoint
 
     @classmethod
-    def for_job(cls, pipe: "FPDMPipeline", source: "SourceEncoding", pose: "PoseEncoding") -> "ModelReference":
+    def for_job(cls, pipe: FPDMPipeline, source: SourceEncoding, pose: PoseEncoding) -> ModelReference:
         if pipe.fusion is None:  # stage-2-only model: no CLIP to compare with
             return cls(pipe, None, None, clip_pretrained=False)
         return cls(
@@ -162,7 +163,7 @@ class ModelReference:
             clip_pretrained=getattr(pipe.fusion.config, "clip_weights", None) is not None,
         )
 
-    def embed(self, image: Image.Image) -> "torch.Tensor":
+    def embed(self, image: Image.Image) -> torch.Tensor:
         """The image's CLIP embedding, its picture prepared as the model prepares a photo."""
         import torch
 
@@ -452,9 +453,7 @@ def _appearance(
     # Both ways: new colours (another garment, a hue shift) lower the first, lost colours
     # (a print gone) the second.
     match = min(in_source, kept)
-    checks.metrics.update(
-        colour_match=round(match, 4), colour_in_source=round(in_source, 4), colour_kept=round(kept, 4)
-    )
+    checks.metrics.update(colour_match=round(match, 4), colour_in_source=round(in_source, 4), colour_kept=round(kept, 4))
     checks.components["colour"] = match
     checks.grade(
         match, config.colour_review_below, config.colour_fail_below,

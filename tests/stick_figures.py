@@ -13,16 +13,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model_core.keypoints import LIMBS, Keypoints
+from model_core.keypoints import Keypoints
+from model_core.skeletons import LIMBS
 
 WIDTH, HEIGHT = 96, 128
 
 # A standing figure on a 96x128 canvas, COCO-18 order.
 _STANDING = np.array(
     [
-        [48, 18], [48, 30], [38, 31], [34, 48], [32, 64], [58, 31], [62, 48], [64, 64],
-        [42, 66], [41, 88], [40, 110], [54, 66], [55, 88], [56, 110],
-        [46, 16], [50, 16], [44, 18], [52, 18],
+        [48, 18],
+        [48, 30],
+        [38, 31],
+        [34, 48],
+        [32, 64],
+        [58, 31],
+        [62, 48],
+        [64, 64],
+        [42, 66],
+        [41, 88],
+        [40, 110],
+        [54, 66],
+        [55, 88],
+        [56, 110],
+        [46, 16],
+        [50, 16],
+        [44, 18],
+        [52, 18],
     ],
     dtype=np.float32,
 )

@@ -22,8 +22,8 @@ from timm.layers import resample_abs_pos_embed
 from model_core.assemble import assemble, read_checkpoint
 from model_core.errors import InputError
 from model_core.fusion import FusionModel
-from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.keypoints import Keypoints
+from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.presets import preset_config
 from model_core.stage2 import SourceEncoder, SourceProjector
 
@@ -112,7 +112,7 @@ def assert_same_tensors(actual: dict, expected: dict):
 
 
 def visual_part(clip_state: dict) -> dict:
-    return {k[len("visual."):]: v for k, v in clip_state.items() if k.startswith("visual.")}
+    return {k[len("visual.") :]: v for k, v in clip_state.items() if k.startswith("visual.")}
 
 
 def test_assembled_directory_loads_with_every_public_weight_and_generates(public, tmp_path):
@@ -203,8 +203,11 @@ def test_open_clip_timm_tower_and_classifier_head(public, tmp_path):
     classifier head, which the feature extractor does not have."""
     trunk = tmp_path / "open_clip_timm.safetensors"
     save_file(
-        {**{f"visual.trunk.{k}": v for k, v in public.timm_state.items()}, "visual.head.proj.weight": torch.ones(8, 32),
-         "text.token_embedding.weight": torch.zeros(64, 16)},
+        {
+            **{f"visual.trunk.{k}": v for k, v in public.timm_state.items()},
+            "visual.head.proj.weight": torch.ones(8, 32),
+            "text.token_embedding.weight": torch.zeros(64, 16),
+        },
         trunk,
     )
     with_head = tmp_path / "dinov2_in1k.safetensors"
@@ -322,7 +325,9 @@ def test_sd_folder_problems(public, tmp_path):
     # An SD UNet whose context width does not fit the preset's source projector.
     torch.manual_seed(0)
     narrow = save_sd_folder(
-        tmp_path / "sd_narrow", UNet2DConditionModel(**dict(sd_unet_config(TINY), cross_attention_dim=48)), AutoencoderKL(**TINY["vae"])
+        tmp_path / "sd_narrow",
+        UNet2DConditionModel(**dict(sd_unet_config(TINY), cross_attention_dim=48)),
+        AutoencoderKL(**TINY["vae"]),
     )
     with pytest.raises(InputError, match="cross_attention_dim 48"):
         assemble(tmp_path / "model", narrow, public.clip_bin, public.timm_safetensors, preset="tiny")

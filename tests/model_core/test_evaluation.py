@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from stick_figures import make_pairs
 
 from model_core.evaluation import evaluate_pairs, figure_mask, pose_accuracy, psnr, score_pair, ssim
 from model_core.images import ModelGeometry
-from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.keypoints import read_keypoints
+from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.training import read_pairs
-from stick_figures import make_pairs
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,13 @@ def _frame(pairs_csv, index=0):
 def test_the_target_itself_scores_perfectly_and_the_source_in_another_pose_does_not(pairs_csv):
     source, target, keypoints = _frame(pairs_csv)
     perfect = score_pair(0, target, target, keypoints)
-    assert (perfect.ssim, perfect.psnr, perfect.colour_error, perfect.pose_accuracy, perfect.figure_iou) == (1.0, 100.0, 0.0, 1.0, 1.0)
+    assert (perfect.ssim, perfect.psnr, perfect.colour_error, perfect.pose_accuracy, perfect.figure_iou) == (
+        1.0,
+        100.0,
+        0.0,
+        1.0,
+        1.0,
+    )
     copied = score_pair(0, source, target, keypoints)
     assert copied.ssim < 1 and copied.psnr < 40 and copied.figure_iou < 0.9
     assert copied.pose_accuracy < 1.0  # the limbs that moved are not where the target has them

@@ -8,9 +8,6 @@ from PIL import Image, ImageDraw
 from model_core.errors import InputError
 from model_core.keypoints import (
     COCO18_NAMES,
-    JOINT_COLORS,
-    LIMB_COLORS,
-    LIMBS,
     Fit,
     Keypoints,
     fit_image,
@@ -18,8 +15,8 @@ from model_core.keypoints import (
     keypoints_from_openpose,
     parse_keypoints,
     read_keypoints,
-    render_skeleton,
 )
+from model_core.skeletons import JOINT_COLORS, LIMB_COLORS, LIMBS, render_skeleton
 
 # The eight DeepFashion samples: pose/<name>.txt, pose_img/<name>.jpg (750x1101).
 DEEPFASHION_POSES = (
@@ -203,9 +200,7 @@ def test_deepfashion_txt_follows_readme_formula(deepfashion_dir):
     # Row 0 (nose) is "125 37" in the 256x256 frame; row 9 (right knee) is "-1 -1".
     keypoints = read_keypoints(path, width=PHOTO_W, height=PHOTO_H)
     assert (keypoints.width, keypoints.height) == (PHOTO_W, PHOTO_H)
-    np.testing.assert_allclose(
-        keypoints.points[0], [(125 - 40) * 750 / 176, 37 * 1101 / 256, 1.0], rtol=1e-6
-    )
+    np.testing.assert_allclose(keypoints.points[0], [(125 - 40) * 750 / 176, 37 * 1101 / 256, 1.0], rtol=1e-6)
     np.testing.assert_array_equal(keypoints.points[9], [0, 0, 0])
     assert not keypoints.visible[9] and keypoints.visible[0]
     assert keypoints.visible.sum() == 14

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from model_core.errors import InputError
-from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, three_branch_guidance
 from model_core.keypoints import read_keypoints
+from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, three_branch_guidance
 from model_core.training import without_fusion
 
 
@@ -131,7 +131,10 @@ def test_cached_source_encoding_gives_the_same_images(pipe, photos, poses):
     targets = [pipe.encode_pose(p) for p in poses[:3]]
     reused = pipe([encoding] * 3, targets, [1, 2, 3], num_inference_steps=3, output_type="pt")
     fresh = torch.cat(
-        [pipe([pipe.encode_source(photos[3])], [t], [s], num_inference_steps=3, output_type="pt") for t, s in zip(targets, [1, 2, 3])]
+        [
+            pipe([pipe.encode_source(photos[3])], [t], [s], num_inference_steps=3, output_type="pt")
+            for t, s in zip(targets, [1, 2, 3], strict=True)
+        ]
     )
     assert (reused - fresh).abs().mean() < 0.02
 

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 import torch
+from stick_figures import make_pairs
 
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.training import fusion_retrieval_accuracy, read_pairs, train_diffusion, train_fusion
-from stick_figures import make_pairs
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,9 @@ def pairs_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fusion_model(pairs_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("fusion")
-    result = train_fusion("tiny", pairs_csv, out, max_steps=200, batch_size=36, learning_rate=1e-3, device="cpu", checkpoint_every=100)
+    result = train_fusion(
+        "tiny", pairs_csv, out, max_steps=200, batch_size=36, learning_rate=1e-3, device="cpu", checkpoint_every=100
+    )
     return result
 
 
@@ -29,6 +31,7 @@ def _log(out):
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # trains for seconds
 def test_stage1_training_raises_retrieval_accuracy_well_above_chance(pairs_csv, fusion_model):
     before, _ = fusion_retrieval_accuracy(FPDMPipeline.from_pretrained("tiny", device="cpu"), pairs_csv)
     after, after_top5 = fusion_retrieval_accuracy(FPDMPipeline.from_pretrained(fusion_model.out, device="cpu"), pairs_csv)
@@ -42,10 +45,18 @@ def test_stage1_training_raises_retrieval_accuracy_well_above_chance(pairs_csv, 
     assert (fusion_model.out / "checkpoint-000100" / "training_state.pt").is_file()
 
 
+@pytest.mark.slow  # trains for seconds
 def test_stage2_training_lowers_the_loss(pairs_csv, fusion_model, tmp_path):
     result = train_diffusion(
-        fusion_model.out, pairs_csv, tmp_path / "diffusion", max_steps=24, batch_size=12,
-        gradient_accumulation=1, learning_rate=1e-3, warmup_steps=0, device="cpu",
+        fusion_model.out,
+        pairs_csv,
+        tmp_path / "diffusion",
+        max_steps=24,
+        batch_size=12,
+        gradient_accumulation=1,
+        learning_rate=1e-3,
+        warmup_steps=0,
+        device="cpu",
     )
     losses = [r["loss"] for r in _log(result.out)]
     assert len(losses) == 24
@@ -63,15 +74,24 @@ def test_stage2_training_lowers_the_loss(pairs_csv, fusion_model, tmp_path):
 
 def test_stage2_only_training_drops_the_fusion_part(pairs_csv, tmp_path):
     result = train_diffusion(
-        "tiny", pairs_csv, tmp_path / "s2", stage2_only=True, max_steps=2, batch_size=4,
-        gradient_accumulation=2, warmup_steps=0, device="cpu",
+        "tiny",
+        pairs_csv,
+        tmp_path / "s2",
+        stage2_only=True,
+        max_steps=2,
+        batch_size=4,
+        gradient_accumulation=2,
+        warmup_steps=0,
+        device="cpu",
     )
     model = FPDMPipeline.from_pretrained(result.out, device="cpu")
     assert model.fusion is None and model.unet.class_embedding is None
 
 
 def test_resume_continues_from_the_newest_checkpoint_to_the_same_weights(pairs_csv, tmp_path):
-    settings = dict(max_steps=4, batch_size=6, gradient_accumulation=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2, device="cpu")
+    settings = dict(
+        max_steps=4, batch_size=6, gradient_accumulation=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2, device="cpu"
+    )
     straight = train_diffusion("tiny", pairs_csv, tmp_path / "straight", **settings)
 
     # An interrupted run: only what existed after step 2 survives.
@@ -123,9 +143,18 @@ def test_condition_dropout_zeroes_what_sampling_zeroes(pairs_csv, tmp_path, monk
     with torch.no_grad():  # a fresh pose embedding outputs zeros anyway; make it visible
         pipe.pose_embedding.embedding.conv_out.weight.normal_()
     pipe.save_pretrained(tmp_path / "model")
-    train_diffusion(tmp_path / "model", pairs_csv, tmp_path / "out", max_steps=1, batch_size=4,
-                    gradient_accumulation=1, warmup_steps=0, condition_dropout=dropout, device="cpu")
-    (context, pose_residual, fusion), = seen
+    train_diffusion(
+        tmp_path / "model",
+        pairs_csv,
+        tmp_path / "out",
+        max_steps=1,
+        batch_size=4,
+        gradient_accumulation=1,
+        warmup_steps=0,
+        condition_dropout=dropout,
+        device="cpu",
+    )
+    ((context, pose_residual, fusion),) = seen
     for tensor in (context, pose_residual, fusion):
         per_sample = tensor.flatten(1).abs().sum(dim=1)
         assert (per_sample == 0).all() if dropout == 1.0 else (per_sample > 0).all()
@@ -158,14 +187,17 @@ def test_target_poses_on_another_canvas_than_their_photo_are_accepted(pairs_csv,
     points[:, :2] *= 2  # the same pose on a canvas twice the photo's size
     (folder / "p000_1_big.json").write_text(json.dumps(Keypoints(points, half.width * 2, half.height * 2).to_json()))
     csv = folder / "canvas.csv"
-    csv.write_text("source_image,target_image,target_pose\np000_0.png,p000_1.png,p000_1.json\np000_0.png,p000_1.png,p000_1_big.json\n")
+    csv.write_text(
+        "source_image,target_image,target_pose\np000_0.png,p000_1.png,p000_1.json\np000_0.png,p000_1.png,p000_1_big.json\n"
+    )
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
     data = PairTensors(read_pairs(csv), pipe)
     assert torch.allclose(data.item(0)["skeleton"], data.item(1)["skeleton"], atol=0.02)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_vae_training_fits_the_photos_and_sets_the_latent_scale(pairs_csv, tmp_path):
-    from model_core.training import train_vae
+    from model_core.vae_training import train_vae
 
     result = train_vae("tiny", pairs_csv, tmp_path / "vae", max_steps=30, batch_size=8, device="cpu", checkpoint_every=15)
     log = _log(tmp_path / "vae")
@@ -179,11 +211,13 @@ def test_vae_training_fits_the_photos_and_sets_the_latent_scale(pairs_csv, tmp_p
     assert trained.vae.encode(photos).latent_dist.std.max() < 1e-6
     # Everything but the VAE is the model it started from.
     tiny = FPDMPipeline.from_pretrained("tiny", device="cpu")
-    assert all(torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(), tiny.unet.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(), tiny.unet.state_dict().values(), strict=True)
+    )
 
 
 def test_vae_reconstruction_loss_weighs_the_figure_and_its_colour_over_the_background():
-    from model_core.training import garment_weighted_reconstruction_loss as loss
+    from model_core.vae_training import garment_weighted_reconstruction_loss as loss
 
     target = torch.full((1, 3, 16, 12), 0.9)  # a light catalog background...
     target[:, :, 4:12, 3:9] = torch.tensor([0.6, -0.6, -0.6]).view(1, 3, 1, 1)  # ...and a red garment
