@@ -87,7 +87,7 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
         row_problems: list[RowProblem] = []
 
         def problem(column: str, reason: str) -> None:
-            row_problems.append(RowProblem(row_number, column, reason))
+            row_problems.append(RowProblem(row_number, column, reason))  # noqa: B023 - called before the loop moves on
 
         for column in REQUIRED_COLUMNS:
             if not values[column]:
@@ -97,7 +97,10 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
             if value and not SAFE_ID.match(value):
                 problem(column, f"{value!r} is not a safe id (letters, digits, '.', '_', '-'; at most 128)")
         if values["garment_id"].startswith("_"):
-            problem("garment_id", f"{values['garment_id']!r} starts with '_', which is kept for the output's own folders (_poses, _runs)")
+            problem(
+                "garment_id",
+                f"{values['garment_id']!r} starts with '_', which is kept for the output's own folders (_poses, _runs)",
+            )
         seed = _number(values.get("seed", ""), int, "seed", problem, minimum=0)
         candidates = _number(values.get("num_candidates", ""), int, "num_candidates", problem, minimum=1, maximum=16)
         steps = _number(values.get("steps", ""), int, "steps", problem, minimum=1, maximum=1000)

@@ -112,7 +112,9 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
         try:
             pose_files = _pose_files(row)
         except InputError as error:
-            outcomes.append(JobOutcome(row.garment_id, row.variant_id or "", row.row, FAILED, error=f"row {row.row}, target_pose: {error}"))
+            outcomes.append(
+                JobOutcome(row.garment_id, row.variant_id or "", row.row, FAILED, error=f"row {row.row}, target_pose: {error}")
+            )
             continue
         for pose_file in pose_files:
             variant_id = _variant_id(row, pose_file)
@@ -130,8 +132,13 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
                 extra=dict(row.extra),
             )
             if not SAFE_ID.match(variant_id):
-                outcomes.append(failed(job, f"row {row.row}, variant_id: the pose file name {PurePosixPath(pose_file).name!r} "
-                                            "does not make a safe id; set variant_id in the manifest"))
+                outcomes.append(
+                    failed(
+                        job,
+                        f"row {row.row}, variant_id: the pose file name {PurePosixPath(pose_file).name!r} "
+                        "does not make a safe id; set variant_id in the manifest",
+                    )
+                )
             elif job.job_id in seen:
                 outcomes.append(failed(job, f"row {row.row}: duplicate of variant {job.job_id} from row {seen[job.job_id]}"))
             else:

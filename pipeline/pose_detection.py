@@ -57,12 +57,22 @@ class PoseDetector(Protocol):
 # COCO-18 index -> BlazePose landmark index ("right" is the person's right in both).
 COCO18_FROM_BLAZEPOSE = {
     0: 0,  # nose
-    2: 12, 3: 14, 4: 16,  # right shoulder, elbow, wrist
-    5: 11, 6: 13, 7: 15,  # left shoulder, elbow, wrist
-    8: 24, 9: 26, 10: 28,  # right hip, knee, ankle
-    11: 23, 12: 25, 13: 27,  # left hip, knee, ankle
-    14: 5, 15: 2,  # right eye, left eye
-    16: 8, 17: 7,  # right ear, left ear
+    2: 12,
+    3: 14,
+    4: 16,  # right shoulder, elbow, wrist
+    5: 11,
+    6: 13,
+    7: 15,  # left shoulder, elbow, wrist
+    8: 24,
+    9: 26,
+    10: 28,  # right hip, knee, ankle
+    11: 23,
+    12: 25,
+    13: 27,  # left hip, knee, ankle
+    14: 5,
+    15: 2,  # right eye, left eye
+    16: 8,
+    17: 7,  # right ear, left ear
 }
 NECK = 1
 
@@ -276,9 +286,7 @@ def _load_openpose_weights(network, state: dict, path: Path) -> None:
         )
     try:
         # assign=True takes the tensors as they are, so half-precision files become float here.
-        network.load_state_dict(
-            {key: state[file_key].float() for key, file_key in file_keys.items()}, assign=True
-        )
+        network.load_state_dict({key: state[file_key].float() for key, file_key in file_keys.items()}, assign=True)
     except RuntimeError as error:  # shape mismatches
         detail = str(error).splitlines()[-1].strip()
         raise InputError(f"{path}: weights do not fit the OpenPose body network ({detail})") from None

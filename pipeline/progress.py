@@ -7,8 +7,9 @@ that called them, so a reporter installed by `fpdm run` sees the flow's steps.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 class ProgressReporter(Protocol):

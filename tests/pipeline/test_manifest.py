@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.manifest import ManifestError, parse_manifest, read_manifest
 from pipeline import storage
+from pipeline.manifest import ManifestError, parse_manifest, read_manifest
 
 EVERY_ROW_ERROR = """garment_id,source_image,target_pose,variant_id,seed,num_candidates,steps,guidance_scale,enabled,season
 tee-001,photos/tee.jpg,poses/front.json,front,1,2,20,2.0,yes,SS26
@@ -32,10 +32,15 @@ def test_every_kind_of_row_error_is_reported_at_once_and_good_rows_survive():
         (3, "garment_id"),  # empty
         (4, "garment_id"),  # path traversal
         (5, "garment_id"),  # space
-        (6, "source_image"), (6, "target_pose"),  # empty
+        (6, "source_image"),
+        (6, "target_pose"),  # empty
         (7, "variant_id"),  # duplicate (garment_id, variant_id) of row 2
         (8, "variant_id"),  # slash
-        (9, "seed"), (10, "num_candidates"), (11, "steps"), (12, "guidance_scale"), (13, "enabled"),
+        (9, "seed"),
+        (10, "num_candidates"),
+        (11, "steps"),
+        (12, "guidance_scale"),
+        (13, "enabled"),
         (15, "garment_id"),  # dots only
         (17, "garment_id"),  # '_' prefix: the output's own folders
     }
@@ -47,7 +52,12 @@ def test_every_kind_of_row_error_is_reported_at_once_and_good_rows_survive():
 
     good = manifest.rows[0]
     assert (good.garment_id, good.variant_id, good.seed, good.num_candidates, good.steps, good.guidance_scale) == (
-        "tee-001", "front", 1, 2, 20, 2.0,
+        "tee-001",
+        "front",
+        1,
+        2,
+        20,
+        2.0,
     )
     assert good.source_image == "s3://catalog/manifests/photos/tee.jpg"  # relative to the manifest
     assert good.extra == {"season": "SS26"}  # unknown columns carried

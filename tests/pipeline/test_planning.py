@@ -50,8 +50,12 @@ def test_a_pose_set_row_expands_to_one_job_per_pose_file(tmp_path):
     (tmp_path / "empty").mkdir()
     jobs, outcomes = expand_jobs(manifest, RunDefaults(steps=12))
     assert [j.job_id for j in jobs] == [
-        "tee/front", "tee/sit", "tee/walk",  # README.md is not a pose file
-        "dress/look2-front", "dress/look2-sit", "dress/look2-walk",  # variant_id prefixes a set's stems
+        "tee/front",
+        "tee/sit",
+        "tee/walk",  # README.md is not a pose file
+        "dress/look2-front",
+        "dress/look2-sit",
+        "dress/look2-walk",  # variant_id prefixes a set's stems
     ]
     assert {j.steps for j in jobs if j.garment_id == "tee"} == {12}  # the run's default
     assert {(j.seed, j.steps) for j in jobs if j.garment_id == "dress"} == {(5, 30)}
@@ -70,10 +74,7 @@ def test_two_rows_that_make_the_same_variant_fail_the_second(tmp_path):
     (tmp_path / "set" / "front.json").write_text("x")
     manifest = _manifest(
         tmp_path,
-        "garment_id,source_image,target_pose\n"
-        "tee,tee.jpg,front.json\n"
-        "tee,tee.jpg,set/\n"
-        "tee,tee.jpg,set/bad name.json\n",
+        "garment_id,source_image,target_pose\ntee,tee.jpg,front.json\ntee,tee.jpg,set/\ntee,tee.jpg,set/bad name.json\n",
     )
     (tmp_path / "set" / "bad name.json").write_text("x")
     jobs, outcomes = expand_jobs(manifest)
@@ -87,14 +88,24 @@ def test_two_rows_that_make_the_same_variant_fail_the_second(tmp_path):
 
 def _planned(garment, variant, candidates=1, steps=20):
     job = Job(garment, variant, 2, f"{garment}.jpg", f"{variant}.json", 0, steps, 2.0, candidates)
-    pose = TargetPose(f"{variant}.json", "0" * 64, Keypoints.from_json({"format": "coco18", "width": 8, "height": 8, "keypoints": [[0, 0, 0]] * 18}), None)
+    pose = TargetPose(
+        f"{variant}.json",
+        "0" * 64,
+        Keypoints.from_json({"format": "coco18", "width": 8, "height": 8, "keypoints": [[0, 0, 0]] * 18}),
+        None,
+    )
     return PlannedJob(job, "0" * 64, pose, "k")
 
 
 def test_batches_fill_up_keep_garments_together_and_split_by_settings():
     planned = [
-        _planned("b", "1"), _planned("a", "1"), _planned("b", "2"), _planned("a", "2"), _planned("a", "3"),
-        _planned("c", "1", candidates=3), _planned("c", "2", candidates=5),  # 5 > batch size: alone
+        _planned("b", "1"),
+        _planned("a", "1"),
+        _planned("b", "2"),
+        _planned("a", "2"),
+        _planned("a", "3"),
+        _planned("c", "1", candidates=3),
+        _planned("c", "2", candidates=5),  # 5 > batch size: alone
         _planned("d", "1", steps=50),
     ]
     batches = plan_batches(planned, batch_size=4)

@@ -119,7 +119,8 @@ def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(catalo
     assert sidecar["image"]["sha256"] == hashlib.sha256(png).hexdigest()
     assert Image.open(io.BytesIO(png)).size == (48, 64)  # the tiny model's frame
     assert sidecar["source"] == {
-        "uri": f"{src}/tee.jpg", "sha256": hashlib.sha256((deepfashion_dir / TEE).read_bytes()).hexdigest()
+        "uri": f"{src}/tee.jpg",
+        "sha256": hashlib.sha256((deepfashion_dir / TEE).read_bytes()).hexdigest(),
     }
     assert sidecar["pose"]["uri"] == f"s3://{BUCKET}/in/poses/shorts-full.jpg"
     assert sidecar["pose"]["detector"].startswith("mediapipe")
