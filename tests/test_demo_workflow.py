@@ -14,6 +14,8 @@ from fpdm_cli.main import main
 from model_core.evaluation import METRICS
 from model_core.pipeline_fpdm import FPDMPipeline
 
+pytestmark = pytest.mark.slow  # the demo's training recipe end to end at toy scale: about 15 s
+
 
 def fpdm(capsys, *args) -> str:
     capsys.readouterr()  # drop what earlier commands printed

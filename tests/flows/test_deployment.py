@@ -19,6 +19,8 @@ import pytest
 
 from pipeline import outputs
 
+pytestmark = pytest.mark.slow  # a real `prefect server start`, two workers and a deployment: a minute
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 WORKERS = ("gpu-1", "gpu-2")
@@ -102,7 +104,7 @@ def _processes_with(home: Path) -> list[int]:
 
 @pytest.fixture
 def prefect_deployment(tmp_path):
-    """Server, work pool, two workers, deployments: what the README's production setup has."""
+    """Server, work pool, two workers, deployments: what docs/operations.md's production setup has."""
     home = tmp_path / "prefect_home"
     home.mkdir()
     started: list[subprocess.Popen] = []
@@ -121,9 +123,11 @@ def prefect_deployment(tmp_path):
             api_url = f"http://127.0.0.1:{port}/api"
             env = _prefect_env(home, api_url)
             # --no-services: no scheduler, so the nightly deployment's cron makes no runs here.
-            server = spawn("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"], env)
+            server = spawn(
+                "server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"], env
+            )
             try:
-                _wait_until(lambda: _healthy(api_url), 120, "the Prefect server", process=server)
+                _wait_until(lambda: _healthy(api_url), 120, "the Prefect server", process=server)  # noqa: B023 - called before the loop moves on
                 break
             except RuntimeError:
                 continue
@@ -132,7 +136,7 @@ def prefect_deployment(tmp_path):
 
         for command in (
             ["work-pool", "create", "gpu-pool", "--type", "process", "--overwrite"],
-            ["concurrency-limit", "create", "gpu", str(len(WORKERS))],  # one batch per GPU, as the README says
+            ["concurrency-limit", "create", "gpu", str(len(WORKERS))],  # one batch per GPU, as docs/operations.md says
         ):
             subprocess.run([PREFECT, *command], env=env, check=True, capture_output=True, timeout=120)
         for name in WORKERS:
@@ -140,7 +144,7 @@ def prefect_deployment(tmp_path):
                 home, api_url, FPDM_CHECKOUT=REPO_ROOT, PREFECT_WORKER_QUERY_SECONDS=1, PREFECT_WORKER_PREFETCH_SECONDS=1
             )
             spawn(name, [PREFECT, "worker", "start", "--pool", "gpu-pool", "--name", name, "--limit", "1"], worker_env)
-        # Deployed from the checkout with FPDM_CHECKOUT unset, as the README says.
+        # Deployed from the checkout with FPDM_CHECKOUT unset, as docs/operations.md says.
         deployed = subprocess.run(
             [PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
         )
@@ -177,8 +181,15 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
         _wait_until(lambda: set(WORKERS) <= {w.name for w in client.read_workers_for_work_pool("gpu-pool")}, 60, "the workers")
         parent = run_deployment(
             "pose-variants/pose-variants-adhoc",
-            parameters={"manifest": str(manifest), "output": str(out), "model": "tiny", "device": "cpu",
-                        "pose_backend": "keypoints", "batch_size": 2, "shards": 2},  # fmt: skip
+            parameters={
+                "manifest": str(manifest),
+                "output": str(out),
+                "model": "tiny",
+                "device": "cpu",
+                "pose_backend": "keypoints",
+                "batch_size": 2,
+                "shards": 2,
+            },  # fmt: skip
             timeout=0,
         )
 
@@ -195,7 +206,7 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
         # The flow-run processes flush their logs after their final state: let them exit first.
         for run in (parent, children[0]):
             pid = int(run.infrastructure_pid)
-            _wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, f"flow-run process {pid} to exit")
+            _wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, f"flow-run process {pid} to exit")  # noqa: B023 - called before the loop moves on
 
     merged = outputs.read_report(outputs.report_uri(str(out), str(parent.id)))
     assert Counter(o.status for o in merged) == {"succeeded": 4}  # the merged report is complete

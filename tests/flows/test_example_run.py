@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from model_core.evaluation import figure_mask, score_pair
@@ -16,6 +17,8 @@ from model_core.images import srgb_to_lab
 from model_core.keypoints import read_keypoints
 from pipeline.manifest import read_manifest
 from pipeline.outputs import read_report
+
+pytestmark = pytest.mark.slow  # the README's first command, the demo model on 15 variants: about 40 s
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "manifests" / "example.csv"

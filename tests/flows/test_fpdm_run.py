@@ -16,6 +16,8 @@ from PIL import Image
 from pipeline import storage
 from pipeline.outputs import read_report
 
+pytestmark = pytest.mark.slow  # `fpdm run` three times in subprocesses over the moto S3 server: a minute and more
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "catalog"
 TEE = "img/MEN/Tees_Tanks/id_00004047/01_1_front.jpg"
@@ -43,7 +45,12 @@ def fpdm(*args, env) -> subprocess.CompletedProcess:
 @pytest.fixture
 def catalog(s3, deepfashion_dir, tmp_path):
     client = boto3.client("s3")
-    for key, path in {"sources/tee.jpg": TEE, "sources/blouse.jpg": BLOUSE, "poses/side.txt": SIDE, "poses/back.txt": BACK}.items():
+    for key, path in {
+        "sources/tee.jpg": TEE,
+        "sources/blouse.jpg": BLOUSE,
+        "poses/side.txt": SIDE,
+        "poses/back.txt": BACK,
+    }.items():
         client.put_object(Bucket=BUCKET, Key=f"in/{key}", Body=(deepfashion_dir / path).read_bytes())
     client.put_object(Bucket=BUCKET, Key="in/sources/corrupt.jpg", Body=(deepfashion_dir / TEE).read_bytes()[:3000])
     client.put_object(Bucket=BUCKET, Key="in/manifest.csv", Body=MANIFEST.encode())
@@ -94,7 +101,11 @@ def test_fpdm_run_over_s3_then_rerun_then_retry(catalog):
     assert _variant_objects(client) == written
 
     # The photo is fixed; `fpdm retry` runs the failed jobs of the first report, and only those.
-    client.put_object(Bucket=BUCKET, Key="in/sources/corrupt.jpg", Body=client.get_object(Bucket=BUCKET, Key="in/sources/tee.jpg")["Body"].read())
+    client.put_object(
+        Bucket=BUCKET,
+        Key="in/sources/corrupt.jpg",
+        Body=client.get_object(Bucket=BUCKET, Key="in/sources/tee.jpg")["Body"].read(),
+    )
     retried = fpdm("retry", uri, env=env)
     assert retried.returncode == 1  # the missing photo and the unsafe id still fail
     _, retry_report = _report(retried.stdout)

@@ -13,24 +13,24 @@ from prefect.states import Scheduled
 import flows.pose_variants as pv
 from pipeline import outputs
 from pipeline.outputs import read_report
+from synthetic import render_person
+from synthetic.writers import keypoints_json
 
-GARMENTS = {
-    "tee": "MEN/Tees_Tanks/id_00004047/01_1_front",
-    "blouse": "WOMEN/Blouses_Shirts/id_00001530/01_4_full",
-}
-POSES = {
-    "side": "MEN/Tees_Tanks/id_00004047/01_2_side.txt",
-    "back": "MEN/Tees_Tanks/id_00004047/01_3_back.txt",
-}
+POSES = ("01_2_side", "01_3_back")  # variant ids, as DeepFashion's file names would give them
 
 
 @pytest.fixture
-def catalog(tmp_path, deepfashion_dir):
-    """A manifest of 2 garments x 2 poses (keypoint files) and an invalid row."""
+def catalog(tmp_path):
+    """A manifest of 2 garments x 2 poses (synthetic photos and keypoint files) and an invalid row."""
     lines = ["garment_id,source_image,target_pose,steps"]
-    for garment, photo in GARMENTS.items():
-        for pose in POSES.values():
-            lines.append(f"{garment},{deepfashion_dir / 'img' / photo}.jpg,{deepfashion_dir / 'pose' / pose},2")
+    for index, garment in enumerate(("tee", "blouse")):
+        _, _, figures = render_person(seed=7, index=index)
+        folder = tmp_path / garment
+        folder.mkdir()
+        figures[0][1].image.save(folder / "source.png")
+        for name, (_, figure) in zip(POSES, figures[1:], strict=False):
+            (folder / f"{name}.json").write_text(keypoints_json(figure.keypoints))
+            lines.append(f"{garment},{folder / 'source.png'},{folder / name}.json,2")
     lines.append("bad id!,x.jpg,y.txt,2")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
@@ -75,12 +75,12 @@ def batches_run(monkeypatch):
     return Recorder
 
 
+pytestmark = pytest.mark.slow  # a Prefect server for the session and flow runs: half a minute
+
 PARAMETERS = dict(model="tiny", batch_size=2, pose_backend="keypoints", device="cpu")
 
 
-def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_batch(
-    prefect_server, catalog, writes, batches_run
-):
+def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_batch(prefect_server, catalog, writes, batches_run):
     manifest, out = catalog
     batches_run.fail_blouse = True
     state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, return_state=True)

@@ -120,19 +120,69 @@ def test_random_weights_load_and_find_nobody(detector, weights_dir):
 
 # A figure facing the camera on a 1000x1500 photo; the person's right is on the image's left.
 FIGURE = {
-    "nose": (500, 200), "neck": (500, 420),
-    "right_shoulder": (330, 430), "right_elbow": (250, 650), "right_wrist": (200, 870),
-    "left_shoulder": (670, 430), "left_elbow": (750, 650), "left_wrist": (800, 870),
-    "right_hip": (400, 850), "right_knee": (390, 1100), "right_ankle": (380, 1350),
-    "left_hip": (600, 850), "left_knee": (610, 1100), "left_ankle": (620, 1350),
-    "right_eye": (420, 110), "left_eye": (580, 110), "right_ear": (300, 170), "left_ear": (700, 170),
+    "nose": (500, 200),
+    "neck": (500, 420),
+    "right_shoulder": (330, 430),
+    "right_elbow": (250, 650),
+    "right_wrist": (200, 870),
+    "left_shoulder": (670, 430),
+    "left_elbow": (750, 650),
+    "left_wrist": (800, 870),
+    "right_hip": (400, 850),
+    "right_knee": (390, 1100),
+    "right_ankle": (380, 1350),
+    "left_hip": (600, 850),
+    "left_knee": (610, 1100),
+    "left_ankle": (620, 1350),
+    "right_eye": (420, 110),
+    "left_eye": (580, 110),
+    "right_ear": (300, 170),
+    "left_ear": (700, 170),
 }
 # Copied from controlnet_aux's Body.__call__ (locals there): limb k joins parts limbSeq[k]
 # (1-based) and reads its part affinity field from channels mapIdx[k] - 19.
-LIMB_SEQ = [[2, 3], [2, 6], [3, 4], [4, 5], [6, 7], [7, 8], [2, 9], [9, 10], [10, 11], [2, 12], [12, 13],
-            [13, 14], [2, 1], [1, 15], [15, 17], [1, 16], [16, 18], [3, 17], [6, 18]]
-MAP_IDX = [[31, 32], [39, 40], [33, 34], [35, 36], [41, 42], [43, 44], [19, 20], [21, 22], [23, 24], [25, 26],
-           [27, 28], [29, 30], [47, 48], [49, 50], [53, 54], [51, 52], [55, 56], [37, 38], [45, 46]]
+LIMB_SEQ = [
+    [2, 3],
+    [2, 6],
+    [3, 4],
+    [4, 5],
+    [6, 7],
+    [7, 8],
+    [2, 9],
+    [9, 10],
+    [10, 11],
+    [2, 12],
+    [12, 13],
+    [13, 14],
+    [2, 1],
+    [1, 15],
+    [15, 17],
+    [1, 16],
+    [16, 18],
+    [3, 17],
+    [6, 18],
+]
+MAP_IDX = [
+    [31, 32],
+    [39, 40],
+    [33, 34],
+    [35, 36],
+    [41, 42],
+    [43, 44],
+    [19, 20],
+    [21, 22],
+    [23, 24],
+    [25, 26],
+    [27, 28],
+    [29, 30],
+    [47, 48],
+    [49, 50],
+    [53, 54],
+    [51, 52],
+    [55, 56],
+    [37, 38],
+    [45, 46],
+]
 
 
 def _level(part: int) -> int:
@@ -149,7 +199,7 @@ class SquareSeer(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(1))  # Body.__call__ asks the device of one
         directions = np.zeros((38,), np.float32)
         points = [np.array(FIGURE[name], np.float32) for name in COCO18_NAMES]
-        for (a, b), channels in zip(LIMB_SEQ, MAP_IDX):
+        for (a, b), channels in zip(LIMB_SEQ, MAP_IDX, strict=True):
             vector = points[b - 1] - points[a - 1]
             directions[[c - 19 for c in channels]] = vector / np.linalg.norm(vector)
         self.directions = torch.from_numpy(directions)
@@ -192,7 +242,7 @@ def test_detect_finds_the_person_in_the_photo_frame(scale, detector, monkeypatch
     error = np.linalg.norm(keypoints.points[:, :2] - expected, axis=1)
     # Measured at most 6.6 px (1000x1500) and 2.6 px (500x750): OpenPose's peaks are whole
     # pixels at detection resolution, after its 8-px network stride.
-    assert error.max() < 12 * scale, dict(zip(COCO18_NAMES, error.round(1)))
+    assert error.max() < 12 * scale, dict(zip(COCO18_NAMES, error.round(1), strict=True))
     assert ((keypoints.points[:, 2] > 0.5) & (keypoints.points[:, 2] <= 1)).all()
 
 
@@ -286,12 +336,14 @@ def test_missing_weight_file_names_folder_and_file(tmp_path):
 # --- weights on S3 ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads OpenPose's network twice / starts `fpdm`: seconds
 def test_s3_weights_are_copied_to_the_cache_once(s3, cache, weights_dir, detector):
     import boto3
 
     client = boto3.client("s3")
-    client.put_object(Bucket="catalog", Key="models/openpose/body_pose_model.pth",
-                      Body=(weights_dir / "body_pose_model.pth").read_bytes())
+    client.put_object(
+        Bucket="catalog", Key="models/openpose/body_pose_model.pth", Body=(weights_dir / "body_pose_model.pth").read_bytes()
+    )
     client.put_object(Bucket="catalog", Key="models/openpose-other/body_pose_model.safetensors", Body=b"x")
 
     first = OpenposePoseDetector("s3://catalog/models/openpose/")
@@ -356,6 +408,7 @@ def test_unknown_backend_lists_the_choices():
 # --- the CLI's --backend ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads OpenPose's network twice / starts `fpdm`: seconds
 def test_cli_poses_detect_runs_the_chosen_backend(monkeypatch, weights_dir, tmp_path, capsys, deepfashion_dir):
     from fpdm_cli.main import main
 

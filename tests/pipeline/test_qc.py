@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from test_cli import run_fpdm  # tests/ is on sys.path (its conftest.py)
 
 from model_core.errors import InputError
 from model_core.keypoints import read_keypoints
 from pipeline.pose_detection import MediapipePoseDetector, NoPersonFound
 from pipeline.qc import DEFAULT_QC, ModelReference, QCConfig, QCResult, best_candidate, check_image
-from test_cli import run_fpdm  # tests/ is on sys.path (its conftest.py)
 
 TEE = "MEN/Tees_Tanks/id_00004047"
 MODEL_SIZE = (352, 512)  # the production model's frame (width, height)
@@ -97,7 +97,9 @@ def test_non_finite_pixels_fail(detector, tee):
     assert result.metrics["finite"] is False
     assert result.reasons[0].startswith("not finite")
     # The same float pixels, finite, are a real photo.
-    clean = check_image(np.asarray(photos["01_1_front"], dtype=np.float32), photos["01_7_additional"], poses["01_1_front"], detector)
+    clean = check_image(
+        np.asarray(photos["01_1_front"], dtype=np.float32), photos["01_7_additional"], poses["01_1_front"], detector
+    )
     assert clean.status == "pass" and clean.metrics["finite"] is True
 
 
@@ -286,6 +288,7 @@ def test_a_stage_2_only_model_has_no_embedding_checks(detector, tee):
 # ----- fpdm qc -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_cli_passes_a_real_photo_in_its_pose(deepfashion_dir):
     result = run_fpdm(
         "qc", "--source", deepfashion_dir / "img" / TEE / "01_7_additional.jpg",
@@ -298,6 +301,7 @@ def test_cli_passes_a_real_photo_in_its_pose(deepfashion_dir):
     assert data["metrics"]["pose_pck"] >= 0.9
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_cli_fails_a_garbled_image_and_says_why(deepfashion_dir, tmp_path):
     garbled = tmp_path / "garbled.png"
     shuffled(Image.open(deepfashion_dir / "img" / TEE / "01_1_front.jpg").convert("RGB")).save(garbled)
@@ -313,6 +317,7 @@ def test_cli_fails_a_garbled_image_and_says_why(deepfashion_dir, tmp_path):
     assert noise_share > 0.9
 
 
+@pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_cli_bad_input_is_one_error_line(deepfashion_dir, tmp_path):
     result = run_fpdm(
         "qc", "--source", tmp_path / "missing.jpg",
@@ -320,4 +325,6 @@ def test_cli_bad_input_is_one_error_line(deepfashion_dir, tmp_path):
         "--image", deepfashion_dir / "img" / TEE / "01_1_front.jpg",
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"fpdm: error: {tmp_path / 'missing.jpg'}: cannot read image (No such file or directory)"]
+    assert result.stderr.strip().splitlines() == [
+        f"fpdm: error: {tmp_path / 'missing.jpg'}: cannot read image (No such file or directory)"
+    ]
