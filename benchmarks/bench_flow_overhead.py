@@ -5,8 +5,8 @@ reads the manifest, plans batches, runs a task per batch, QCs every image (pose 
 identity checks), writes PNGs, sidecars, contact sheets and a run report. This script measures
 what all of that costs on top of the model, from one run of each:
 
-  model generation   the same batches the flow forms (pipeline.run.plan_run), generated the way
-                     pipeline.run._generate does (encode_source once per garment of a batch,
+  model generation   the same batches the flow plans (pipeline.plans.plan_run), generated the way
+                     pipeline.execution.run_batch does (encode_source once per garment of a batch,
                      encode_pose per job, one pipe call per batch): model time only, the model
                      loaded beforehand, no QC, no writes
   fpdm run           `fpdm run MANIFEST --output OUT --model tiny --device cpu --pose-backend
@@ -41,9 +41,10 @@ from pathlib import Path
 import torch
 
 from model_core.pipeline_fpdm import FPDMPipeline
+from pipeline.execution import read_source
 from pipeline.manifest import read_manifest
-from pipeline.planning import read_source
-from pipeline.run import RunSettings, plan_run
+from pipeline.plans import plan_run
+from pipeline.run import RunSettings, pose_resolver
 from synthetic import POSES_PER_PERSON, write_catalog_manifest
 
 POSES_PER_GARMENT = POSES_PER_PERSON - 1  # a person's other poses are the targets of their source photo
@@ -75,12 +76,14 @@ def time_fpdm_run(manifest: Path, output: Path, folder: Path, batch_size: int) -
 def time_model(manifest: Path, folder: Path, batch_size: int) -> tuple[float, int, int]:
     """Model time for the flow's batches; returns (seconds, images, batches)."""
     settings = RunSettings(model="tiny", device="cpu", batch_size=batch_size, pose_backend="keypoints")
-    plan = plan_run(read_manifest(str(manifest)), str(folder / "empty_output"), settings)
+    output = str(folder / "empty_output")
+    plan = plan_run(read_manifest(str(manifest)), output, settings, "benchmark", pose_resolver(output, settings))
+    batches = [batch for chunk in plan.chunks for batch in chunk.batches]
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
     # Source photos are read before timing: reading files is not the model's time.
-    sources = {uri: read_source(uri).image for uri in {p.job.source_image for b in plan.batches for p in b.jobs}}
+    sources = {uri: read_source(uri).image for uri in {p.job.source_image for b in batches for p in b.jobs}}
     seconds = 0.0
-    for batch in plan.batches:
+    for batch in batches:
         first = batch.jobs[0].job
         started = time.perf_counter()
         encodings = {uri: pipe.encode_source(sources[uri]) for uri in dict.fromkeys(p.job.source_image for p in batch.jobs)}
@@ -94,7 +97,7 @@ def time_model(manifest: Path, folder: Path, batch_size: int) -> tuple[float, in
             num_images_per_prompt=first.num_candidates,
         )
         seconds += time.perf_counter() - started
-    return seconds, plan.images, len(plan.batches)
+    return seconds, plan.images, len(batches)
 
 
 def main() -> None:

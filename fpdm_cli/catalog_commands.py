@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_detector_arguments(run, "--pose-backend", POSE_BACKENDS, default=argparse.SUPPRESS)
     add_device_argument(run, default=argparse.SUPPRESS)
     run.add_argument("--force", action="store_true", help="regenerate variants that are already complete")
+    run.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="plan the run and print what it would do (jobs to generate, skip and fail, images, batches, chunks); "
+        "writes nothing but the plan (OUTPUT/_runs/<run id>/plan/) and the pose cache",
+    )
     run.set_defaults(run=run_run)
 
     retry = subparsers.add_parser(
@@ -76,7 +83,7 @@ def run_run(args: argparse.Namespace) -> int:
     read_manifest(args.manifest)  # unusable: one error line and exit 2 before anything starts
     settings = RunSettings(**given_options(args, RUN_OPTIONS))
     check_settings(settings)
-    return run_flow(args.manifest, args.output, settings, retry_of=None)
+    return run_flow(args.manifest, args.output, settings, retry_of=None, dry_run=getattr(args, "dry_run", False))
 
 
 def run_retry(args: argparse.Namespace) -> int:
@@ -88,20 +95,31 @@ def run_retry(args: argparse.Namespace) -> int:
     return run_flow(manifest, output, settings, retry_of=args.report)
 
 
-def run_flow(manifest: str, output: str, settings, retry_of: str | None) -> int:
+def run_flow(manifest: str, output: str, settings, retry_of: str | None, dry_run: bool = False) -> int:
     quiet_prefect()
     from rich.console import Console
 
     from flows.pose_variants import pose_variants
-    from fpdm_cli.run_display import StageBars, print_outcomes
+    from fpdm_cli.run_display import StageBars, print_outcomes, print_plan
     from model_core.errors import InputError
     from pipeline import outputs, progress
     from pipeline.planning import FAILED
 
     console = Console(stderr=True)
     with StageBars(console) as bars, progress.reporting(bars):
-        state = pose_variants(manifest=manifest, output=output, **settings.as_parameters(), retry_of=retry_of, return_state=True)
-    report = outputs.report_uri(output, str(state.state_details.flow_run_id))
+        state = pose_variants(
+            manifest=manifest, output=output, **settings.as_parameters(), retry_of=retry_of, dry_run=dry_run, return_state=True
+        )
+    run_id = str(state.state_details.flow_run_id)
+    if dry_run:
+        from pipeline.plans import load_plan
+
+        plan = load_plan(output, run_id)
+        if plan is None:
+            raise RuntimeError(f"the dry run ended {state.name} without a plan: {state.message}")
+        print_plan(plan, outputs.run_folder(output, run_id))
+        return 0
+    report = outputs.report_uri(output, run_id)
     try:
         outcomes = outputs.read_report(report)
     except InputError:

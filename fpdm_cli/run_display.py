@@ -11,7 +11,13 @@ class StageBars:
     """A rich progress bar per stage of the run (poses, plan, generate, report); pipeline.progress
     reports to it."""
 
-    LABELS = {"poses": "detect poses", "plan": "plan jobs", "generate": "generate images", "report": "write report"}
+    LABELS = {
+        "poses": "detect poses",
+        "plan": "plan jobs",
+        "store plan": "store plan",
+        "generate": "generate images",
+        "report": "write report",
+    }
 
     def __init__(self, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -66,3 +72,28 @@ def print_outcomes(outcomes, report: str) -> None:
     if len(failures) > FAILURES_SHOWN:
         console.print(f"... and {len(failures) - FAILURES_SHOWN} more failed jobs in the report")
     console.print(f"report: {report}", markup=False, soft_wrap=True)
+
+
+def print_plan(plan, folder: str) -> None:
+    """What a dry run found: jobs to generate, skip and fail (with the failures), images,
+    batches and chunks, and where the plan is."""
+    from collections import Counter
+
+    from rich.console import Console
+
+    from pipeline.planning import FAILED, SKIPPED
+
+    console = Console()
+    decided = Counter(o.status for o in plan.outcomes)
+    to_generate = sum(chunk["jobs"] for chunk in plan.chunks)
+    batches = sum(chunk["batches"] for chunk in plan.chunks)
+    console.print(f"to generate: {to_generate} jobs, {plan.images} images, {batches} batches, {len(plan.chunks)} chunks")
+    console.print(f"to skip:     {decided[SKIPPED]} jobs (complete, or disabled in the manifest)")
+    console.print(f"to fail:     {decided[FAILED]} jobs (bad input)")
+    failures = [o for o in plan.outcomes if o.status == FAILED]
+    for outcome in failures[:FAILURES_SHOWN]:
+        job = outcome.job_id if outcome.variant_id else f"row {outcome.row}"
+        console.print(f"failed  {job}: {outcome.error}", markup=False, soft_wrap=True)
+    if len(failures) > FAILURES_SHOWN:
+        console.print(f"... and {len(failures) - FAILURES_SHOWN} more in the plan")
+    console.print(f"plan: {folder}/plan/", markup=False, soft_wrap=True)

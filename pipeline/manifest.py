@@ -7,6 +7,7 @@ habits are normal input: a UTF-8 BOM, `;` as separator, trailing blank rows, str
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -65,6 +66,7 @@ class Manifest:
     rows: list[ManifestRow]  # valid, enabled rows
     problems: list[RowProblem]  # every problem of every invalid row
     disabled: list[int]  # rows with enabled = false: skipped on purpose
+    sha256: str = ""  # of the manifest's bytes: a stored plan records which manifest it planned
 
     @property
     def invalid_rows(self) -> list[int]:
@@ -135,7 +137,7 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
                 extra={k: v for k, v in values.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS},
             )
         )
-    return Manifest(uri=str(uri), rows=rows, problems=problems, disabled=disabled)
+    return Manifest(uri=str(uri), rows=rows, problems=problems, disabled=disabled, sha256=hashlib.sha256(data).hexdigest())
 
 
 def _read_table(data: bytes, uri: str) -> pd.DataFrame:

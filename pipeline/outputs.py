@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime
 
@@ -58,19 +59,62 @@ def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: s
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
 
-def completed_sidecar(output: str, job: Job, key: str) -> dict | None:
-    """The sidecar of a finished variant made from the same inputs, or None (no sidecar, other
-    inputs, or an unreadable sidecar: all mean the job runs again)."""
-    uri = sidecar_uri(output, job)
-    if not storage.exists(uri):
-        return None
+def complete_variants(output: str, planned_jobs) -> dict[str, dict]:
+    """The sidecars of the jobs (PlannedJob) whose variant is complete: sidecar and image both
+    on storage, the sidecar readable and made from the same inputs (inputs_key), the image of
+    the size the sidecar records. Costs listings (one of the output, or one per garment for a
+    few garments) and a small read per listed sidecar, concurrently; never an image download."""
+    planned_jobs = list(planned_jobs)
+    if not planned_jobs:
+        return {}
+    garments = sorted({p.job.garment_id for p in planned_jobs})
+    if len(garments) <= GARMENTS_LISTED_ONE_BY_ONE:
+        listed = [info for listing in _map(lambda g: _listing(storage.join(output, g)), garments) for info in listing]
+    else:
+        listed = _listing(output)
+    sizes = {info.uri: info.size for info in listed}
+    candidates = [p for p in planned_jobs if sidecar_uri(output, p.job) in sizes and image_uri(output, p.job) in sizes]
+
+    def verified(planned) -> dict | None:
+        sidecar = _read_sidecar(sidecar_uri(output, planned.job))
+        if sidecar is None or sidecar.get("inputs_key") != planned.inputs_key:
+            return None
+        image = sidecar.get("image")
+        if not isinstance(image, dict) or image.get("uri") != image_uri(output, planned.job):
+            return None
+        recorded_bytes = image.get("bytes")
+        if recorded_bytes is not None and recorded_bytes != sizes[image_uri(output, planned.job)]:
+            return None  # the image was replaced or cut short after its sidecar was written
+        return sidecar
+
+    return {p.job.job_id: sidecar for p, sidecar in zip(candidates, _map(verified, candidates), strict=True) if sidecar}
+
+
+# Up to this many garments, each garment's folder is listed; beyond, the whole output once.
+GARMENTS_LISTED_ONE_BY_ONE = 32
+CONCURRENT_REQUESTS = 16
+
+
+def _map(function, items: list) -> list:
+    with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
+        return list(pool.map(function, items))
+
+
+def _listing(prefix: str) -> list[storage.ObjectInfo]:
+    # The trailing '/' keeps garment 'tee' from listing garment 'tee-2' on S3.
+    try:
+        return storage.list_objects(prefix + "/" if storage.is_s3(prefix) else prefix)
+    except InputError:
+        return []  # no such folder: nothing is complete there
+
+
+def _read_sidecar(uri: str) -> dict | None:
+    """A sidecar, or None where it cannot be read or is not a JSON object (treated as absent)."""
     try:
         sidecar = json.loads(storage.read_bytes(uri))
-    except (InputError, ValueError):
+    except (InputError, ValueError, RecursionError):
         return None
-    if not isinstance(sidecar, dict) or sidecar.get("inputs_key") != key:
-        return None
-    return sidecar
+    return sidecar if isinstance(sidecar, dict) else None
 
 
 def write_variant(output: str, job: Job, image: Image.Image, sidecar: dict) -> str:
@@ -80,9 +124,8 @@ def write_variant(output: str, job: Job, image: Image.Image, sidecar: dict) -> s
     data = buffer.getvalue()
     uri = image_uri(output, job)
     storage.write_bytes(uri, data, content_type="image/png")
-    sidecar = dict(
-        sidecar, image={"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "width": image.width, "height": image.height}
-    )
+    image_record = {"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    sidecar = dict(sidecar, image={**image_record, "width": image.width, "height": image.height})
     sidecar.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     storage.write_bytes(sidecar_uri(output, job), json.dumps(sidecar, indent=2).encode(), content_type="application/json")
     return uri

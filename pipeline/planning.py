@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-
-from PIL import Image
 
 from model_core.errors import InputError
 from model_core.images import decode_image
@@ -66,6 +65,10 @@ class Job:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> Job:
+        return cls(**{**data, "extra": dict(data.get("extra", {}))})
+
 
 # What became of a job (a line of the run report).
 SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
@@ -87,6 +90,13 @@ class JobOutcome:
     @property
     def job_id(self) -> str:
         return f"{self.garment_id}/{self.variant_id}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> JobOutcome:
+        return cls(**data)
 
 
 def failed(job: Job, error: str) -> JobOutcome:
@@ -173,13 +183,6 @@ def _variant_id(row: ManifestRow, pose_file: str) -> str:
 
 
 @dataclass(frozen=True)
-class SourcePhoto:
-    uri: str
-    sha256: str
-    image: Image.Image
-
-
-@dataclass(frozen=True)
 class TargetPose:
     uri: str
     sha256: str
@@ -189,10 +192,10 @@ class TargetPose:
     def to_json(self) -> dict:
         return {"uri": self.uri, "sha256": self.sha256, "detector": self.detector, "keypoints": self.keypoints.to_json()}
 
-
-def read_source(uri: str) -> SourcePhoto:
-    data = storage.read_bytes(uri)
-    return SourcePhoto(uri, hashlib.sha256(data).hexdigest(), decode_image(data, uri))
+    @classmethod
+    def from_json(cls, data: dict) -> TargetPose:
+        keypoints = Keypoints.from_json(data["keypoints"], source=data["uri"])
+        return cls(data["uri"], data["sha256"], keypoints, data.get("detector"))
 
 
 class PoseResolver:
@@ -209,14 +212,16 @@ class PoseResolver:
         self.backend = backend
         self._make_detector = make_detector
         self._detector = None
+        self._detector_lock = threading.Lock()  # planning resolves poses from several threads
         self._resolved: dict[tuple[str, tuple[int, int]], TargetPose] = {}
         self._failures: dict[str, InputError] = {}
         self.detection_seconds = 0.0
 
     @property
     def detector(self):
-        if self._detector is None:
-            self._detector = self._make_detector()
+        with self._detector_lock:
+            if self._detector is None:
+                self._detector = self._make_detector()
         return self._detector
 
     def resolve(self, uri: str, canvas: tuple[int, int] | None) -> TargetPose:
@@ -276,6 +281,18 @@ class PlannedJob:
     source_sha256: str
     pose: TargetPose
     inputs_key: str
+
+    def to_json(self) -> dict:
+        return {
+            "job": self.job.to_json(),
+            "source_sha256": self.source_sha256,
+            "pose": self.pose.to_json(),
+            "inputs_key": self.inputs_key,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> PlannedJob:
+        return cls(Job.from_json(data["job"]), data["source_sha256"], TargetPose.from_json(data["pose"]), data["inputs_key"])
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,15 @@ class StorageError(InputError):
 
 
 @dataclass(frozen=True)
+class ObjectInfo:
+    """What storage says of an object without reading it: enough to tell whether it changed."""
+
+    uri: str
+    size: int
+    version: str  # S3: the ETag; local: the modification time in nanoseconds
+
+
+@dataclass(frozen=True)
 class S3Location:
     bucket: str
     key: str
@@ -119,37 +128,105 @@ def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -
         raise
 
 
-def exists(uri: str | Path) -> bool:
+def stat(uri: str | Path) -> ObjectInfo | None:
+    """Size and version of an object (a HEAD request, or a stat), or None if there is none."""
     uri = str(uri)
     if not is_s3(uri):
-        return Path(uri).is_file()
+        try:
+            info = os.stat(uri)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot read ({exc.strerror or exc})") from None
+        return ObjectInfo(uri, info.st_size, str(info.st_mtime_ns)) if Path(uri).is_file() else None
     from botocore.exceptions import ClientError
 
     location = parse_s3(uri)
     try:
-        _client().head_object(Bucket=location.bucket, Key=location.key)
-        return True
+        head = _client().head_object(Bucket=location.bucket, Key=location.key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+            return None
         raise _s3_error(uri, exc) from None
+    except Exception as exc:
+        raise _s3_error(uri, exc) from None
+    return ObjectInfo(uri, int(head["ContentLength"]), head.get("ETag", "").strip('"'))
+
+
+def exists(uri: str | Path) -> bool:
+    return stat(uri) is not None
+
+
+def create_exclusive(uri: str | Path, data: bytes) -> bool:
+    """Write an object only if none exists there; True if this call created it. Two processes
+    racing for the same name get one True between them: S3's conditional write (If-None-Match)
+    or an exclusive create on disk."""
+    uri = str(uri)
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        location = parse_s3(uri)
+        try:
+            _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise _s3_error(uri, exc) from None
+        except Exception as exc:
+            raise _s3_error(uri, exc) from None
+        return True
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "wb") as f:
+        f.write(data)
+    return True
+
+
+def delete(uri: str | Path) -> None:
+    """Remove an object; one that is not there is not an error."""
+    uri = str(uri)
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    location = parse_s3(uri)
+    try:
+        _client().delete_object(Bucket=location.bucket, Key=location.key)
     except Exception as exc:
         raise _s3_error(uri, exc) from None
 
 
-def list_prefix(prefix: str | Path) -> list[str]:
-    """Every file under a prefix (recursively), as full URIs or paths, sorted."""
+def list_objects(prefix: str | Path) -> list[ObjectInfo]:
+    """Every file under a prefix (recursively) with its size and version, sorted by URI: one
+    listing request per 1,000 objects on S3, however many there are."""
     prefix = str(prefix)
     if not is_s3(prefix):
         root = Path(prefix)
         if not root.is_dir():
             raise StorageError(f"{prefix}: no such folder")
-        return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+        found = []
+        for path in root.rglob("*"):
+            if path.name.endswith(".partial") or not path.is_file():
+                continue
+            info = path.stat()
+            found.append(ObjectInfo(str(path), info.st_size, str(info.st_mtime_ns)))
+        return sorted(found, key=lambda o: o.uri)
     location = parse_s3(prefix)
     found = []
     try:
         for page in _client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key):
-            found += [S3Location(location.bucket, item["Key"]).uri for item in page.get("Contents", [])]
+            found += [
+                ObjectInfo(S3Location(location.bucket, item["Key"]).uri, int(item["Size"]), item.get("ETag", "").strip('"'))
+                for item in page.get("Contents", [])
+            ]
     except Exception as exc:
         raise _s3_error(prefix, exc) from None
-    return sorted(found)
+    return sorted(found, key=lambda o: o.uri)
+
+
+def list_prefix(prefix: str | Path) -> list[str]:
+    """Every file under a prefix (recursively), as full URIs or paths, sorted."""
+    return [info.uri for info in list_objects(prefix)]

@@ -188,6 +188,7 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
                 "device": "cpu",
                 "pose_backend": "keypoints",
                 "batch_size": 2,
+                "chunk_images": 2,  # 2 chunks of 2 jobs, for the two runners to claim
                 "shards": 2,
             },  # fmt: skip
             timeout=0,
@@ -200,8 +201,8 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
         parent = _wait_until(lambda: final(parent.id), 400, "the sharded run", poll=1)
         assert parent.state.is_completed(), parent.state.message
         children = [r for r in client.read_flow_runs() if r.deployment_id == parent.deployment_id and r.id != parent.id]
-        assert [c.parameters["shard"] for c in children] == ["1/2"] and children[0].state.is_completed()
-        # Shard 0 ran in the parent's flow-run process, shard 1 on the other worker: both did work.
+        assert [c.parameters["shard_of"] for c in children] == [str(parent.id)] and children[0].state.is_completed()
+        # The shard ran on the other worker, in a process of its own.
         assert children[0].labels["prefect.worker.name"] != parent.labels["prefect.worker.name"]
         # The flow-run processes flush their logs after their final state: let them exit first.
         for run in (parent, children[0]):
@@ -211,14 +212,10 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
     merged = outputs.read_report(outputs.report_uri(str(out), str(parent.id)))
     assert Counter(o.status for o in merged) == {"succeeded": 4}  # the merged report is complete
     assert {o.job_id for o in merged} == jobs
-    # Each shard's own report: shard 0's (a subflow of the parent) and shard 1's (the child run).
-    reports = {
-        run.name: {o.job_id for o in outputs.read_report(str(run / "report.csv")) if o.status == "succeeded"}
-        for run in (out / "_runs").iterdir()
-        if run.name != str(parent.id)
-    }
-    assert len(reports) == 2 and str(children[0].id) in reports and all(reports.values()), reports
-    first, second = reports.values()
-    assert first | second == jobs and not first & second  # every job in exactly one shard
-    for job in jobs:  # and written by that shard's run
-        assert job in reports[json.loads((out / f"{job}.json").read_text())["run_id"]]
+    # Every chunk of the stored plan was claimed once, by one of the two runners, and every
+    # variant is the plan's run's.
+    claims = sorted((out / "_runs" / str(parent.id) / "claims" / "attempt-1").iterdir())
+    assert [c.name for c in claims] == ["chunk-000000.json", "chunk-000001.json"]
+    assert {json.loads(c.read_text())["taker"] for c in claims} <= {str(parent.id), str(children[0].id)}
+    for job in jobs:
+        assert json.loads((out / f"{job}.json").read_text())["run_id"] == str(parent.id)

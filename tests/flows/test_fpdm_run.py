@@ -62,7 +62,7 @@ def catalog(s3, deepfashion_dir, tmp_path):
 
 def _variant_objects(client):
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix="out/").get("Contents", [])
-    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing if not o["Key"].startswith("out/_runs/")}
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing if not o["Key"].startswith(("out/_runs/", "out/_cache/"))}
 
 
 def _report(stdout):
@@ -74,6 +74,15 @@ def _report(stdout):
 def test_fpdm_run_over_s3_then_rerun_then_retry(catalog):
     client, env = catalog
     manifest, output = f"s3://{BUCKET}/in/manifest.csv", f"s3://{BUCKET}/out"
+    # A dry run says what a run would do and writes its plan only.
+    dry = fpdm(
+        "run", manifest, "--output", output, "--model", "tiny", "--device", "cpu", "--batch-size", "2", "--dry-run", env=env
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "to generate: 4 jobs, 4 images, 2 batches, 1 chunks" in dry.stdout  # corrupt.jpg's header reads
+    assert "to fail:     2 jobs" in dry.stdout and "failed  missing/side: row 5, source_image:" in dry.stdout
+    assert not _variant_objects(client)
+
     first = fpdm("run", manifest, "--output", output, "--model", "tiny", "--device", "cpu", "--batch-size", "2", env=env)
 
     assert first.returncode == 1, first.stderr

@@ -3,7 +3,6 @@ that same flow run (the UI's Retry) regenerates only that batch, and shards spli
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -11,8 +10,12 @@ from prefect.flow_engine import run_flow
 from prefect.states import Scheduled
 
 import flows.pose_variants as pv
+import pipeline.execution as execution
 from pipeline import outputs
+from pipeline.execution import claim_chunk
 from pipeline.outputs import read_report
+from pipeline.plans import load_plan
+from pipeline.run import collect_outcomes
 from synthetic import render_person
 from synthetic.writers import keypoints_json
 
@@ -60,7 +63,7 @@ def batches_run(monkeypatch):
         fail_blouse = False
         calls: list = []
 
-    original = pv.run_batch
+    original = execution.run_batch
 
     def recording(pipe, batch, *args, **kwargs):
         garments = sorted({p.job.garment_id for p in batch.jobs})
@@ -69,8 +72,8 @@ def batches_run(monkeypatch):
             raise RuntimeError("CUDA error: unspecified launch failure (simulated)")
         return original(pipe, batch, *args, **kwargs)
 
-    monkeypatch.setattr(pv, "run_batch", recording)
-    monkeypatch.setattr(pv, "generate_batch", pv.generate_batch.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(execution, "run_batch", recording)
+    monkeypatch.setattr(pv, "generate_chunk", pv.generate_chunk.with_options(retry_delay_seconds=0))
     Recorder.calls = []
     return Recorder
 
@@ -95,8 +98,10 @@ def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_ba
         assert "CUDA error: unspecified launch failure (simulated)" in report[job].error
     assert report["/"].row == 6 and report["/"].status == "failed"
     assert report["/"].error.startswith("row 6, garment_id: 'bad id!' is not a safe id")
-    # The batch task was retried before the flow gave up on it: 1 + 2 retries.
-    assert batches_run.calls.count(["blouse"]) == 1 + pv.BATCH_RETRIES
+    # The chunk's task was retried before the flow gave up on it (1 + 2 retries), and each retry
+    # redid only the failed batch: the tee's variants were complete.
+    assert batches_run.calls.count(["blouse"]) == 1 + pv.CHUNK_RETRIES
+    assert batches_run.calls.count(["tee"]) == 1
     assert not (out / "blouse").exists()
 
     # The operator clicks Retry in the UI: the same flow run goes back to AwaitingRetry and
@@ -112,7 +117,7 @@ def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_ba
     assert batches_run.calls == [["blouse"]]  # only the failed batch ran again
     report = {o.job_id: o for o in read_report(outputs.report_uri(str(out), run_id))}
     assert {job: o.status for job, o in report.items()} == {
-        "tee/01_2_side": "skipped", "tee/01_3_back": "skipped",
+        "tee/01_2_side": "succeeded", "tee/01_3_back": "succeeded",  # by this run's first attempt
         "blouse/01_2_side": "succeeded", "blouse/01_3_back": "succeeded",
         "/": "failed",
     }  # fmt: skip
@@ -121,20 +126,24 @@ def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_ba
     assert sidecar["run_id"] == run_id
 
 
-def test_shards_split_the_batches_and_the_report_is_merged(prefect_server, catalog, writes, batches_run):
+def test_a_shard_executes_the_stored_plan_taking_only_unclaimed_chunks(prefect_server, catalog, writes, batches_run):
     manifest, out = catalog
-    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shards=2, return_state=True)
+    # A dry run plans and stores the plan, and generates nothing.
+    planned = pv.pose_variants(str(manifest), str(out), **PARAMETERS, dry_run=True, return_state=True)
+    run_id = str(planned.state_details.flow_run_id)
+    assert planned.result()["counts"] == {"to_generate": 4, "images": 4, "chunks": 1, "decided": {"failed": 1}}
+    assert not writes and not batches_run.calls
 
-    assert state.is_failed()  # the invalid row
-    run_id = str(state.state_details.flow_run_id)
-    summary = json.loads(Path(outputs.report_uri(str(out), run_id)).with_name("summary.json").read_text())
-    shard_runs = summary["shard_runs"]
-    assert len(shard_runs) == 2 and run_id not in shard_runs
-    shard_jobs = [
-        {o.job_id for o in read_report(outputs.report_uri(str(out), shard)) if o.status == "succeeded"} for shard in shard_runs
-    ]
-    assert shard_jobs[0] and shard_jobs[1] and not shard_jobs[0] & shard_jobs[1]  # both worked, no overlap
+    # Another shard of the run holds chunk 0: this one executes the same plan and takes nothing.
+    assert claim_chunk(str(out), run_id, 1, 0, taker="another shard")
+    shard = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=1, return_state=True)
+    assert shard.is_completed() and not batches_run.calls
+    # In the next attempt the chunk is free again, and the shard runs it from the stored plan,
+    # even after the manifest changed: a plan is the truth for its run.
+    manifest.write_text(manifest.read_text().replace("tee,", "polo,"))
+    shard = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=2, return_state=True)
+    assert shard.is_completed()
     assert sorted(batches_run.calls) == [["blouse"], ["tee"]]
-    assert dict(writes) == {job: 1 for job in shard_jobs[0] | shard_jobs[1]} and len(writes) == 4
-    merged = read_report(outputs.report_uri(str(out), run_id))
-    assert Counter(o.status for o in merged) == {"succeeded": 4, "failed": 1}
+    assert dict(writes) == {job: 1 for job in writes} and len(writes) == 4
+    outcomes = collect_outcomes(str(out), load_plan(str(out), run_id))
+    assert Counter(o.status for o in outcomes) == {"succeeded": 4, "failed": 1}

@@ -1,21 +1,24 @@
-"""A whole catalog run over S3 (moto's server on 127.0.0.1): every kind of bad input fails its
-own row with a clear message while the good rows are generated, QC'd and written; a rerun
-skips finished work and writes no variant twice."""
+"""A whole catalog run over S3 (moto's server on 127.0.0.1), through the pose-variants flow on
+Prefect's real engine: every kind of bad input fails its own row with a clear message while the
+good rows are generated, QC'd and written; a rerun skips finished work and writes no variant
+twice."""
 
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 
 import boto3
 import pytest
 from PIL import Image
 
+import flows.pose_variants as pv
 from model_core.images import MAX_IMAGE_PIXELS
 from model_core.pipeline_fpdm import model_checksum
 from pipeline import storage
 from pipeline.outputs import read_report
 from pipeline.planning import stable_seed
-from pipeline.run import RunSettings, run_catalog
+from pipeline.run import RunSettings
 
 BUCKET = "catalog"
 TEE = "img/MEN/Tees_Tanks/id_00004047/01_1_front.jpg"
@@ -81,10 +84,26 @@ def _objects(client, prefix):
 
 SETTINGS = RunSettings(model="tiny", batch_size=3, pose_backend="mediapipe", device="cpu")
 
+pytestmark = pytest.mark.slow  # a Prefect server and several flow runs over S3: half a minute
+
+
+@dataclass
+class Run:
+    run_id: str
+    report_uri: str
+    outcomes: list
+
+
+def run_catalog(manifest: str, output: str, settings: RunSettings) -> Run:
+    state = pv.pose_variants(manifest, output, **settings.as_parameters(), return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    report = f"{output}/_runs/{run_id}/report.csv"
+    return Run(run_id, report, read_report(report))
+
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(catalog, deepfashion_dir):
-    result = run_catalog(f"s3://{BUCKET}/in/manifest.csv", f"s3://{BUCKET}/out", SETTINGS, run_id="night-1")
+def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(prefect_server, catalog, deepfashion_dir):
+    result = run_catalog(f"s3://{BUCKET}/in/manifest.csv", f"s3://{BUCKET}/out", SETTINGS)
 
     by_row: dict[int, list] = {}
     for outcome in result.outcomes:
@@ -129,7 +148,7 @@ def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(catalo
     assert (sidecar["seed"], sidecar["steps"], sidecar["num_candidates"]) == (2, 3, 2)
     assert len(sidecar["candidates_qc"]) == 2 and sidecar["kept_candidate"] in (0, 1)
     assert sidecar["qc"]["status"] in ("pass", "review", "fail") and sidecar["qc"]["reasons"] is not None
-    assert sidecar["extra"] == {"season": "SS26"} and sidecar["run_id"] == "night-1"
+    assert sidecar["extra"] == {"season": "SS26"} and sidecar["run_id"] == result.run_id
     assert sidecar["timings"]["generation_s"] > 0
     blouse = json.loads(storage.read_bytes(f"s3://{BUCKET}/out/blouse/back.json"))
     assert blouse["seed"] == stable_seed("blouse/back")  # no seed in the row: derived from the job id
@@ -143,14 +162,14 @@ def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(catalo
         sheet = Image.open(io.BytesIO(storage.read_bytes(f"s3://{BUCKET}/out/{garment}/contact_sheet.jpg")))
         assert sheet.format == "JPEG" and sheet.width > sheet.height
     report = read_report(result.report_uri)
-    assert result.report_uri == f"s3://{BUCKET}/out/_runs/night-1/report.csv"
+
     assert sorted(report, key=repr) == sorted(result.outcomes, key=repr)
-    summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/out/_runs/night-1/summary.json"))
+    summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/out/_runs/{result.run_id}/summary.json"))
     assert summary["status"] == {"failed": 9, "skipped": 1, "succeeded": 4}
 
     # Rerun: nothing is generated again, nothing under the garments' folders is rewritten.
     before = {k: v for k, v in _objects(catalog, "out/").items() if not k.startswith("out/_runs/")}
-    again = run_catalog(f"s3://{BUCKET}/in/manifest.csv", f"s3://{BUCKET}/out", SETTINGS, run_id="night-2")
+    again = run_catalog(f"s3://{BUCKET}/in/manifest.csv", f"s3://{BUCKET}/out", SETTINGS)
     after = {k: v for k, v in _objects(catalog, "out/").items() if not k.startswith("out/_runs/")}
     assert after == before
     skipped = {o.job_id: o for o in again.outcomes if o.status == "skipped" and o.variant_id}
@@ -159,14 +178,14 @@ def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(catalo
     assert {o.row for o in again.outcomes if o.status == "failed"} == {5, 6, 7, 8, 9, 10, 11, 12, 14}
 
 
-def test_a_changed_setting_regenerates_only_that_variant_and_force_regenerates_all(catalog):
+def test_a_changed_setting_regenerates_only_that_variant_and_force_regenerates_all(prefect_server, catalog):
     manifest = f"s3://{BUCKET}/in/manifest.csv"
     output = f"s3://{BUCKET}/out"
-    run_catalog(manifest, output, SETTINGS, run_id="a")
+    run_catalog(manifest, output, SETTINGS)
     catalog.put_object(Bucket=BUCKET, Key="in/manifest.csv", Body=MANIFEST.replace("side,1,3", "side,9,3").encode())
-    changed = run_catalog(manifest, output, SETTINGS, run_id="b")
+    changed = run_catalog(manifest, output, SETTINGS)
     assert {o.job_id for o in changed.outcomes if o.status == "succeeded"} == {"tee/side"}
     assert json.loads(storage.read_bytes(f"{output}/tee/side.json"))["seed"] == 9
 
-    forced = run_catalog(manifest, output, RunSettings(**{**SETTINGS.__dict__, "force": True}), run_id="c")
+    forced = run_catalog(manifest, output, RunSettings(**{**SETTINGS.__dict__, "force": True}))
     assert {o.job_id for o in forced.outcomes if o.status == "succeeded"} == GOOD_JOBS

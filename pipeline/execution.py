@@ -1,0 +1,284 @@
+"""Executing a stored plan: the one loop over a chunk's batches, and what one batch does.
+
+    execute_chunk   the batches of one chunk, one model call each, with one failure policy;
+                    its outcomes stored under {output}/_runs/{run_id}/outcomes/
+    claim_chunk     take a chunk of a run for this process (each chunk goes to one taker)
+    run_batch       generate, QC every candidate and keep the best, write the variants
+
+Every caller runs chunks through `execute_chunk`: the flow's chunk task, each shard, and the
+benchmarks. Bad input (a source that no longer reads) fails its own job; out of GPU memory a
+batch is split in halves; any other error fails that batch's jobs with the error and the chunk
+goes on, then `execute_chunk` raises `ChunkIncomplete` so the task is retried: a retry finds the
+chunk's finished variants complete and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from PIL import Image
+
+from model_core.errors import InputError
+from model_core.images import decode_image
+from model_core.pipeline_fpdm import FPDMPipeline
+
+from . import outputs, progress, storage
+from .planning import SUCCEEDED, Batch, JobOutcome, PlannedJob, failed
+from .plans import Chunk, load_chunk, skipped_as_complete
+from .qc import DEFAULT_QC, ModelReference, QCConfig, best_candidate, check_image
+
+OUTCOMES = "outcomes"
+CLAIMS = "claims"
+
+
+@dataclass(frozen=True)
+class SourcePhoto:
+    uri: str
+    sha256: str
+    image: Image.Image
+
+
+def read_source(uri: str) -> SourcePhoto:
+    data = storage.read_bytes(uri)
+    return SourcePhoto(uri, hashlib.sha256(data).hexdigest(), decode_image(data, uri))
+
+
+class ChunkIncomplete(RuntimeError):
+    """Some batch of the chunk failed for a reason other than bad input (a GPU fault, a storage
+    hiccup, a bug): worth a retry of the chunk, which skips what was finished."""
+
+    def __init__(self, index: int, outcomes: list[JobOutcome], errors: list[str]):
+        self.outcomes = outcomes
+        super().__init__(f"chunk {index}: {len(errors)} batch(es) failed: {'; '.join(errors[:3])}")
+
+
+# ----- chunks -----------------------------------------------------------------------------------
+
+
+def execute_chunk(
+    pipe: FPDMPipeline,
+    output: str,
+    run_id: str,
+    index: int,
+    detector,
+    model_checksum: str,
+    qc_config: QCConfig = DEFAULT_QC,
+    context: dict | None = None,
+    force: bool = False,
+) -> list[JobOutcome]:
+    """Run chunk `index` of the stored plan of `run_id`: every job not yet complete, batch by
+    batch. Stores and returns an outcome per job; raises ChunkIncomplete after storing them if a
+    batch failed for a reason a retry may cure."""
+    chunk = load_chunk(output, run_id, index)
+    context = {**(context or {}), "run_id": run_id}
+    outcomes, errors = [], []
+    # A retry of the chunk (or of the run) finds the variants written since planning complete.
+    complete = outputs.complete_variants(output, chunk.jobs)
+    for batch in chunk.batches:
+        pending = []
+        for planned in batch.jobs:
+            sidecar = complete.get(planned.job.job_id)
+            if sidecar is not None and sidecar.get("run_id") == run_id:
+                outcomes.append(succeeded_earlier(planned, sidecar))  # by an earlier attempt at this chunk
+            elif sidecar is not None and not force:
+                outcomes.append(skipped_as_complete(planned, sidecar))  # by another run since planning
+            else:
+                pending.append(planned)
+        if not pending:
+            progress.advance("generate", batch.images)
+            continue
+        try:
+            outcomes += run_batch(pipe, Batch(tuple(pending)), output, detector, model_checksum, qc_config, context)
+        except Exception as error:  # noqa: BLE001 - one broken batch must not stop the chunk
+            outcomes += batch_failed(Batch(tuple(pending)), error)
+            errors.append(f"{type(error).__name__}: {error}")
+            progress.advance("generate", batch.images)
+    store_chunk_outcomes(output, run_id, index, outcomes)
+    if errors:
+        raise ChunkIncomplete(index, outcomes, errors)
+    return outcomes
+
+
+def succeeded_earlier(planned: PlannedJob, sidecar: dict) -> JobOutcome:
+    """A job of this run written by an earlier attempt at its chunk: still this run's success."""
+    job = planned.job
+    qc_status = sidecar.get("qc", {}).get("status", "") if isinstance(sidecar.get("qc"), dict) else ""
+    return JobOutcome(job.garment_id, job.variant_id, job.row, SUCCEEDED, qc_status, "", sidecar["image"]["uri"])
+
+
+def outcomes_uri(output: str, run_id: str, index: int) -> str:
+    return storage.join(outputs.run_folder(output, run_id), OUTCOMES, f"chunk-{index:06d}.json")
+
+
+def store_chunk_outcomes(output: str, run_id: str, index: int, outcomes: list[JobOutcome]) -> None:
+    data = json.dumps([outcome.to_json() for outcome in outcomes]).encode()
+    storage.write_bytes(outcomes_uri(output, run_id, index), data, content_type="application/json")
+
+
+def load_chunk_outcomes(output: str, run_id: str, index: int) -> list[JobOutcome] | None:
+    """The stored outcomes of a chunk, or None if it never finished (or they are unreadable)."""
+    try:
+        return [JobOutcome.from_json(o) for o in json.loads(storage.read_bytes(outcomes_uri(output, run_id, index)))]
+    except (InputError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def claim_chunk(output: str, run_id: str, attempt: int, index: int, taker: str) -> bool:
+    """Take chunk `index` for this process in this attempt at the run (an operator's Retry is a
+    new attempt, whose chunks can be taken again); False if another took it first."""
+    record = {"taker": taker, "host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+    uri = storage.join(outputs.run_folder(output, run_id), CLAIMS, f"attempt-{attempt}", f"chunk-{index:06d}.json")
+    return storage.create_exclusive(uri, json.dumps(record).encode())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def unfinished(chunk: Chunk, outcomes: list[JobOutcome] | None, reason: str) -> list[JobOutcome]:
+    """The jobs of a chunk that no worker finished, failed so a retry takes them up."""
+    if outcomes is not None:
+        return outcomes
+    return [failed(planned.job, reason) for planned in chunk.jobs]
+
+
+# ----- one batch ----------------------------------------------------------------------------------
+
+
+def run_batch(
+    pipe: FPDMPipeline,
+    batch: Batch,
+    output: str,
+    detector,
+    model_checksum: str,
+    qc_config: QCConfig = DEFAULT_QC,
+    context: dict | None = None,
+) -> list[JobOutcome]:
+    """Generate, QC and write one batch. Returns an outcome per job; a job whose source can no
+    longer be read, or whose outputs cannot be written, fails alone.
+
+    Out of GPU memory, the batch is split in halves and each is tried again, down to single
+    jobs: a batch size that fits most garments need not fit the one with many candidates.
+    Any other error propagates, for the caller to retry the batch or fail its jobs."""
+    import torch
+
+    out_of_memory = False
+    try:
+        outcomes = _generate(pipe, batch, output, detector, model_checksum, qc_config, context)
+    except torch.OutOfMemoryError:
+        if len(batch.jobs) == 1:
+            raise
+        out_of_memory = True
+    if out_of_memory:
+        # Outside the except block: the traceback would keep the failed attempt's tensors alive
+        # through every smaller try.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch.jobs) // 2
+        return [
+            outcome
+            for part in (Batch(batch.jobs[:half]), Batch(batch.jobs[half:]))
+            for outcome in run_batch(pipe, part, output, detector, model_checksum, qc_config, context)
+        ]
+    progress.advance("generate", batch.images)
+    return outcomes
+
+
+def batch_failed(batch: Batch, error: BaseException | str) -> list[JobOutcome]:
+    """Every job of a batch that could not be generated, failed with the batch's error."""
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return [failed(p.job, f"batch {batch.batch_id} failed: {reason}") for p in batch.jobs]
+
+
+def _generate(
+    pipe: FPDMPipeline,
+    batch: Batch,
+    output: str,
+    detector,
+    model_checksum: str,
+    qc_config: QCConfig,
+    context: dict | None,
+) -> list[JobOutcome]:
+    outcomes: list[JobOutcome] = []
+    ready: list[tuple[PlannedJob, SourcePhoto]] = []
+    sources: dict[str, SourcePhoto] = {}
+    for planned in batch.jobs:
+        job = planned.job
+        try:
+            if job.source_image not in sources:
+                sources[job.source_image] = read_source(job.source_image)
+        except InputError as error:
+            outcomes.append(failed(job, f"row {job.row}, source_image: {error}"))
+            continue
+        ready.append((planned, sources[job.source_image]))
+    if not ready:
+        return outcomes
+
+    started = time.perf_counter()
+    # Each garment's source is encoded once, however many of its poses share the batch.
+    source_encodings = {uri: pipe.encode_source(photo.image) for uri, photo in sources.items()}
+    pose_encodings = [pipe.encode_pose(planned.pose.keypoints) for planned, _ in ready]
+    first = ready[0][0].job
+    images = pipe(
+        [source_encodings[photo.uri] for _, photo in ready],
+        pose_encodings,
+        [planned.job.seed for planned, _ in ready],
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance_scale,
+        num_images_per_prompt=first.num_candidates,
+    )
+    seconds_per_image = (time.perf_counter() - started) / sum(p.job.num_candidates for p, _ in ready)
+
+    for (planned, photo), pose_encoding, candidates in zip(ready, pose_encodings, images, strict=True):
+        job = planned.job
+        qc_started = time.perf_counter()
+        reference = ModelReference.for_job(pipe, source_encodings[photo.uri], pose_encoding)
+        results = [
+            check_image(image, photo.image, planned.pose.keypoints, detector, model=reference, config=qc_config)
+            for image in candidates
+        ]
+        kept = best_candidate(results)
+        sidecar = {
+            "sidecar_version": outputs.SIDECAR_VERSION,
+            "job_id": job.job_id,
+            "garment_id": job.garment_id,
+            "variant_id": job.variant_id,
+            **(context or {}),
+            "row": job.row,
+            "source": {"uri": photo.uri, "sha256": photo.sha256},
+            "pose": {"uri": planned.pose.uri, "sha256": planned.pose.sha256, "detector": planned.pose.detector},
+            "keypoints": planned.pose.keypoints.to_json(),
+            "model": {"name": pipe.name, "checksum": model_checksum, "device": str(pipe.device), "dtype": str(pipe.dtype)},
+            "seed": job.seed,
+            "steps": job.steps,
+            "guidance_scale": job.guidance_scale,
+            "num_candidates": job.num_candidates,
+            "kept_candidate": kept,
+            "qc": results[kept].to_json(),
+            "candidates_qc": [{"status": r.status, "score": r.score} for r in results],
+            "timings": {
+                "generation_s": round(seconds_per_image * job.num_candidates, 3),
+                "qc_s": round(time.perf_counter() - qc_started, 3),
+                "batch_id": batch.batch_id,
+                "batch_images": batch.images,
+            },
+            "notes": job.notes,
+            "extra": job.extra,
+            # The source read now may differ from the one planned on; the key records what was used.
+            "inputs_key": planned.inputs_key
+            if photo.sha256 == planned.source_sha256
+            else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum),
+        }
+        try:
+            uri = outputs.write_variant(output, job, candidates[kept], sidecar)
+        except InputError as error:
+            outcomes.append(failed(job, f"writing the variant: {error}"))
+            continue
+        outcomes.append(JobOutcome(job.garment_id, job.variant_id, job.row, SUCCEEDED, results[kept].status, "", uri))
+    return outcomes

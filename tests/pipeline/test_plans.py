@@ -1,0 +1,199 @@
+"""A run's plan and its execution, without Prefect: planning reads no photo's pixels and, on a
+rerun, no source at all; the stored plan is what chunks execute; one loop runs a chunk's
+batches, splits a batch out of GPU memory, and leaves a failed batch to a retry that redoes only
+what is unfinished; a chunk goes to one taker."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+import pipeline.execution as execution
+from model_core.pipeline_fpdm import FPDMPipeline
+from pipeline import outputs, storage
+from pipeline.execution import ChunkIncomplete, claim_chunk, execute_chunk, load_chunk_outcomes, run_batch
+from pipeline.manifest import read_manifest
+from pipeline.planning import JobOutcome
+from pipeline.plans import load_chunk, load_plan, plan_run, store_plan
+from pipeline.run import RunSettings, Selection, collect_outcomes, pose_resolver, qc_detector
+from synthetic import write_catalog_manifest
+
+SETTINGS = RunSettings(model="tiny", batch_size=2, pose_backend="keypoints", device="cpu")
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """3 synthetic garments x 3 target poses (keypoint files), 2 sampling steps each."""
+    example = write_catalog_manifest(tmp_path / "catalog", garments=3, seed=5)
+    lines = example.manifest.read_text().splitlines()
+    example.manifest.write_text("\n".join([lines[0] + ",steps", *(line + ",2" for line in lines[1:])]) + "\n")
+    return str(example.manifest)
+
+
+def planned(manifest, out, settings=SETTINGS, run_id="run-1", **options):
+    plan = plan_run(read_manifest(manifest), out, settings, run_id, pose_resolver(out, settings), **options)
+    store_plan(out, plan)
+    return plan
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every storage read, by URI."""
+    counted = Counter()
+    original = storage.read_bytes
+
+    def counting(uri):
+        counted[str(uri)] += 1
+        return original(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", counting)
+    return counted
+
+
+@pytest.fixture
+def writes(monkeypatch):
+    """Every variant written, by job id."""
+    written = Counter()
+    original = outputs.write_variant
+
+    def counting(output, job, image, sidecar):
+        written[job.job_id] += 1
+        return original(output, job, image, sidecar)
+
+    monkeypatch.setattr(outputs, "write_variant", counting)
+    return written
+
+
+def test_planning_decodes_no_photo_and_a_rerun_reads_no_source(manifest, tmp_path, monkeypatch, reads):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("planning decoded a photo")
+
+    monkeypatch.setattr(execution, "decode_image", no_decoding)
+    out = str(tmp_path / "out")
+    first = planned(manifest, out, chunk_images=4)
+    assert first.jobs == 9 and first.images == 9
+    assert [chunk.images for chunk in first.chunks] == [4, 4, 1]  # batches of 2 images, chunks of at most 4
+    sources = {uri for uri in reads if uri.endswith("source.png")}
+    assert len(sources) == 3 and all(reads[uri] == 1 for uri in sources)  # each source read once, to hash it
+
+    reads.clear()
+    planned(manifest, out, run_id="run-2")
+    assert not [uri for uri in reads if uri.endswith("source.png")]  # fingerprints came from the cache
+
+
+def test_the_stored_plan_is_what_executes(manifest, tmp_path):
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, chunk_images=4)
+    stored = load_plan(out, "run-1")
+    assert [c["images"] for c in stored.chunks] == [c.images for c in plan.chunks]
+    for chunk in plan.chunks:
+        assert load_chunk(out, "run-1", chunk.index).jobs == chunk.jobs
+    # A plan folder without plan.json (planning cut short) is no plan.
+    storage.delete(storage.join(out, "_runs", "run-1", "plan", "plan.json"))
+    assert load_plan(out, "run-1") is None
+
+
+def test_a_chunk_with_a_failed_batch_is_retried_and_redoes_only_the_unfinished(manifest, tmp_path, monkeypatch, writes):
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, chunk_images=4)
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    second_batch = plan.chunks[0].batches[1].jobs[0].job.job_id
+    original = execution.run_batch
+    fail = {"on": True}
+
+    def flaky(pipe, batch, *args, **kwargs):
+        if fail["on"] and batch.jobs[0].job.job_id == second_batch:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        return original(pipe, batch, *args, **kwargs)
+
+    monkeypatch.setattr(execution, "run_batch", flaky)
+    detector = qc_detector(SETTINGS)
+    with pytest.raises(ChunkIncomplete, match="illegal memory access"):
+        execute_chunk(pipe, out, "run-1", 0, detector, plan.model_checksum)
+    stored = {o.job_id: o for o in load_chunk_outcomes(out, "run-1", 0)}
+    assert [o.status for o in stored.values()].count("succeeded") == 2
+    assert all("illegal memory access" in o.error for o in stored.values() if o.status == "failed")
+
+    fail["on"] = False
+    outcomes = execute_chunk(pipe, out, "run-1", 0, detector, plan.model_checksum)
+    assert {o.status for o in outcomes} == {"succeeded"} and len(outcomes) == 4
+    assert set(writes.values()) == {1} and len(writes) == 4  # the retry wrote only the failed batch's jobs
+
+    # The report accounts for every job: chunk 0's outcomes, the others' not generated yet.
+    report = collect_outcomes(out, load_plan(out, "run-1"))
+    assert len(report) == 9
+    assert Counter(o.status for o in report) == {"succeeded": 4, "failed": 5}
+
+
+def test_complete_means_the_image_is_there_as_its_sidecar_says(manifest, tmp_path):
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, chunk_images=2)
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    execute_chunk(pipe, out, "run-1", 0, qc_detector(SETTINGS), plan.model_checksum)
+    jobs = plan.chunks[0].jobs
+    assert set(outputs.complete_variants(out, jobs)) == {p.job.job_id for p in jobs}
+    storage.delete(outputs.image_uri(out, jobs[0].job))  # the image went missing
+    storage.write_bytes(outputs.image_uri(out, jobs[1].job), b"cut short")  # the image was replaced
+    assert outputs.complete_variants(out, jobs) == {}
+    pending = {p.job.job_id for chunk in planned(manifest, out, run_id="run-2").chunks for p in chunk.jobs}
+    assert {jobs[0].job.job_id, jobs[1].job.job_id} <= pending  # a new run generates both again
+
+
+def test_a_chunk_is_taken_once_per_attempt(tmp_path):
+    out = str(tmp_path / "out")
+    assert claim_chunk(out, "run-1", 1, 0, taker="a")
+    assert not claim_chunk(out, "run-1", 1, 0, taker="b")
+    assert claim_chunk(out, "run-1", 1, 1, taker="b")
+    assert claim_chunk(out, "run-1", 2, 0, taker="b")  # an operator's Retry is a new attempt
+
+
+def test_a_retry_selects_the_failed_jobs_and_rows_of_a_report(manifest, tmp_path):
+    out = str(tmp_path / "out")
+    job = load_first_job(manifest, out)
+    report = outputs.write_report(out, "night", [
+        JobOutcome(job.garment_id, job.variant_id, job.row, "failed", error="batch failed"),
+        JobOutcome("other", "front", 2, "succeeded", "fail"),
+        JobOutcome("", "", 14, "failed", error="row 14, garment_id: empty"),
+    ])  # fmt: skip
+    selection = Selection.failed_in(report)
+    assert selection == Selection(frozenset({job.job_id}), frozenset({14}))
+    plan = planned(manifest, out, run_id="retry", keep=selection.keeps)
+    assert [p.job.job_id for chunk in plan.chunks for p in chunk.jobs] == [job.job_id]
+
+
+def load_first_job(manifest, out):
+    return planned(manifest, out, run_id="look").chunks[0].jobs[0].job
+
+
+def test_out_of_memory_splits_the_batch_until_it_fits(manifest, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    settings = RunSettings(**{**SETTINGS.__dict__, "batch_size": 3})
+    plan = planned(manifest, out, settings)
+    batch = plan.chunks[0].batches[0]
+    assert len(batch.jobs) == 3
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    calls = []
+    generate = FPDMPipeline.__call__
+
+    def one_image_at_most(self, sources, poses, seeds, **kwargs):
+        calls.append(len(sources))
+        if len(sources) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return generate(self, sources, poses, seeds, **kwargs)
+
+    monkeypatch.setattr(FPDMPipeline, "__call__", one_image_at_most)
+    outcomes = run_batch(pipe, batch, out, qc_detector(settings), plan.model_checksum)
+    assert calls == [3, 1, 2, 1, 1]
+    assert [o.status for o in outcomes] == ["succeeded"] * 3
+    assert [o.job_id for o in outcomes] == [p.job.job_id for p in batch.jobs]
+
+    # A single job that does not fit is an error for the caller (retry, or fail the job).
+    def never_fits(self, sources, *args, **kwargs):
+        calls.append(len(sources))
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(FPDMPipeline, "__call__", never_fits)
+    calls.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        run_batch(pipe, plan.chunks[0].batches[1], out, qc_detector(settings), plan.model_checksum)
+    assert calls == [3, 1]
