@@ -2,7 +2,7 @@
 
 A catalog's sources are thousands of multi-megabyte photos on S3. Planning needs of each only an
 identity (its sha256 goes into every variant's inputs key) and its pixel size (the canvas of
-keypoint files that state none). Both are cached under `{output}/_cache/sources/`, keyed by what
+keypoint files that state none). Both are cached under `{output}/_cache/fingerprints/`, keyed by what
 storage says of the object without reading it (S3: URI, ETag and size; local: path, size and
 modification time), so planning a rerun of an unchanged catalog costs a HEAD (or stat) and a
 small read per source, and no source download. A changed object has another key: it is read,
@@ -22,7 +22,7 @@ from model_core.images import read_image_size
 from . import storage
 
 CACHE = "_cache"
-SOURCES = "sources"
+FINGERPRINTS = "fingerprints"
 # S3 requests in flight at once while planning: enough to hide a request's latency behind
 # others, few enough for one client's connection pool (boto3's default is 10; we raise it).
 PLANNING_REQUESTS = 16
@@ -73,7 +73,7 @@ def fingerprint_source(uri: str, output: str) -> SourceFingerprint:
 
 def _cache_uri(output: str, info: storage.ObjectInfo) -> str:
     key = hashlib.sha256(f"{info.uri}\n{info.size}\n{info.version}".encode()).hexdigest()
-    return storage.join(output, CACHE, SOURCES, f"{key}.json")
+    return storage.join(output, CACHE, FINGERPRINTS, f"{key}.json")
 
 
 def _read_cached(cache_uri: str, uri: str) -> SourceFingerprint | None:

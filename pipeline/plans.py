@@ -28,7 +28,7 @@ from model_core.pipeline_fpdm import model_checksum
 from . import outputs, progress, storage
 from .fingerprints import PLANNING_REQUESTS, SourceFingerprint, fingerprint_sources
 from .manifest import Manifest
-from .planning import SKIPPED, Batch, JobOutcome, PlannedJob, PoseResolver, expand_jobs, failed, plan_batches
+from .planning import SKIPPED, Batch, Job, JobOutcome, PlannedJob, PoseResolver, TargetPose, expand_jobs, failed, plan_batches
 
 if TYPE_CHECKING:
     from .run import RunSettings
@@ -189,7 +189,17 @@ def store_plan(output: str, plan: RunPlan) -> str:
     progress.stage("store plan", len(plan.chunks) + 1)
 
     def write_chunk(chunk: Chunk) -> None:
-        record = {"index": chunk.index, "batches": [[planned.to_json() for planned in batch.jobs] for batch in chunk.batches]}
+        # A pose library's few poses serve thousands of jobs: each pose is written once a chunk.
+        poses: dict[str, dict] = {}
+        batches = []
+        for batch in chunk.batches:
+            records = []
+            for planned in batch.jobs:
+                key = f"{planned.pose.uri}#{planned.pose.sha256}#{planned.pose.keypoints.width}x{planned.pose.keypoints.height}"
+                poses.setdefault(key, planned.pose.to_json())
+                records.append({**planned.to_json(), "pose": key})
+            batches.append(records)
+        record = {"index": chunk.index, "poses": poses, "batches": batches}
         storage.write_bytes(chunk_uri(output, plan.run_id, chunk.index), json.dumps(record).encode(), "application/json")
         progress.advance("store plan")
 
@@ -256,6 +266,17 @@ def load_chunk(output: str, run_id: str, index: int) -> Chunk:
     uri = chunk_uri(output, run_id, index)
     try:
         data = json.loads(storage.read_bytes(uri))
-        return Chunk(index, [Batch(tuple(PlannedJob.from_json(j) for j in batch)) for batch in data["batches"]])
+        poses = {key: TargetPose.from_json(pose) for key, pose in data["poses"].items()}
+        return Chunk(
+            index,
+            [
+                Batch(
+                    tuple(
+                        PlannedJob(Job.from_json(j["job"]), j["source_sha256"], poses[j["pose"]], j["inputs_key"]) for j in batch
+                    )
+                )
+                for batch in data["batches"]
+            ],
+        )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise RuntimeError(f"{uri}: a damaged plan chunk ({exc.__class__.__name__}); plan the run again") from None

@@ -24,6 +24,18 @@ class StorageError(InputError):
     """A URI that could not be read or written: missing object, no access, bad URI."""
 
 
+class TransientStorageError(RuntimeError):
+    """Storage failed in a way that may pass: throttling (SlowDown), a 5xx, a timeout, a dropped
+    connection. Not bad input: the task that met it is retried, and its row is not failed for it."""
+
+
+# S3 error codes that say "try again", as opposed to "this request is wrong".
+TRANSIENT_S3_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestTimeout",
+    "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What storage says of an object without reading it: enough to tell whether it changed."""
@@ -71,11 +83,13 @@ def _client():
     return boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
 
 
-def _s3_error(uri: str, exc: Exception) -> StorageError:
-    from botocore.exceptions import ClientError
+def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
+    from botocore.exceptions import ClientError, ConnectionError, NoCredentialsError, ReadTimeoutError
 
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
+        if code in TRANSIENT_S3_CODES:
+            return TransientStorageError(f"{uri}: S3 error {code} (transient)")
         if code in ("NoSuchKey", "404", "NotFound"):
             return StorageError(f"{uri}: no such object")
         if code == "NoSuchBucket":
@@ -84,6 +98,8 @@ def _s3_error(uri: str, exc: Exception) -> StorageError:
             return StorageError(f"{uri}: access denied ({code})")
         return StorageError(f"{uri}: S3 error {code or 'unknown'}")
     # Connection and credential problems: the class name says what; the message may not be safe.
+    if isinstance(exc, (ConnectionError, ReadTimeoutError)) and not isinstance(exc, NoCredentialsError):
+        return TransientStorageError(f"{uri}: S3 unreachable ({exc.__class__.__name__}; transient)")
     return StorageError(f"{uri}: S3 unreachable or unconfigured ({exc.__class__.__name__})")
 
 

@@ -11,11 +11,12 @@ from prefect.states import Scheduled
 
 import flows.pose_variants as pv
 import pipeline.execution as execution
-from pipeline import outputs
+from pipeline import outputs, storage
 from pipeline.execution import claim_chunk
 from pipeline.outputs import read_report
 from pipeline.plans import load_plan
 from pipeline.run import collect_outcomes
+from pipeline.storage import TransientStorageError
 from synthetic import render_person
 from synthetic.writers import keypoints_json
 
@@ -147,3 +148,32 @@ def test_a_shard_executes_the_stored_plan_taking_only_unclaimed_chunks(prefect_s
     assert dict(writes) == {job: 1 for job in writes} and len(writes) == 4
     outcomes = collect_outcomes(str(out), load_plan(str(out), run_id))
     assert Counter(o.status for o in outcomes) == {"succeeded": 4, "failed": 1}
+
+
+def test_a_read_fault_in_a_shard_is_retried_and_every_job_is_done_exactly_once(
+    prefect_server, catalog, writes, batches_run, monkeypatch
+):
+    manifest, out = catalog
+    planned = pv.pose_variants(str(manifest), str(out), **PARAMETERS, dry_run=True, chunk_images=2, return_state=True)
+    run_id = str(planned.state_details.flow_run_id)
+    assert planned.result()["counts"]["chunks"] == 2  # a chunk per garment
+
+    # The shard meets one S3 SlowDown reading the blouse's source photo while generating.
+    faults = {"left": 1}
+    read_bytes = storage.read_bytes
+
+    def throttled_once(uri):
+        if str(uri).endswith("blouse/source.png") and faults["left"]:
+            faults["left"] -= 1
+            raise TransientStorageError(f"{uri}: S3 error SlowDown (transient)")
+        return read_bytes(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", throttled_once)
+    for _ in range(2):  # two shards of the run, one after the other here: the second finds nothing left
+        shard = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=1, return_state=True)
+        assert shard.is_completed()
+    assert faults["left"] == 0
+    assert sorted(batches_run.calls) == [["blouse"], ["blouse"], ["tee"]]  # the blouse's chunk was retried
+    outcomes = collect_outcomes(str(out), load_plan(str(out), run_id))
+    assert Counter(o.status for o in outcomes) == {"succeeded": 4, "failed": 1}  # the invalid row
+    assert set(writes.values()) == {1} and len(writes) == 4  # no job written twice, none missing

@@ -60,3 +60,18 @@ def test_join_and_parse():
     assert storage.parse_s3("s3://b/a/b.png") == storage.S3Location("b", "a/b.png")
     with pytest.raises(StorageError, match="no bucket"):
         storage.parse_s3("s3:///key")
+
+
+def test_throttling_and_server_errors_are_transient_and_a_missing_object_is_bad_input():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from pipeline.storage import StorageError, TransientStorageError, _s3_error
+
+    def error(code):
+        return _s3_error("s3://catalog/x.jpg", ClientError({"Error": {"Code": code}}, "GetObject"))
+
+    for code in ("SlowDown", "503", "InternalError", "RequestTimeout"):
+        assert isinstance(error(code), TransientStorageError) and "transient" in str(error(code))
+    assert isinstance(_s3_error("s3://catalog/x.jpg", EndpointConnectionError(endpoint_url="http://s3")), TransientStorageError)
+    for code in ("NoSuchKey", "AccessDenied", "NoSuchBucket"):
+        assert isinstance(error(code), StorageError) and not isinstance(error(code), TransientStorageError)
