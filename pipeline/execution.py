@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,7 +31,7 @@ from model_core.pipeline_fpdm import FPDMPipeline
 
 from . import outputs, progress, storage
 from .planning import SUCCEEDED, Batch, JobOutcome, PlannedJob, failed
-from .plans import Chunk, load_chunk, skipped_as_complete
+from .plans import load_chunk, skipped_as_complete
 from .qc import DEFAULT_QC, ModelReference, QCConfig, best_candidate, check_image
 
 OUTCOMES = "outcomes"
@@ -71,15 +72,22 @@ def execute_chunk(
     qc_config: QCConfig = DEFAULT_QC,
     context: dict | None = None,
     force: bool = False,
+    pipelined: bool = True,
 ) -> list[JobOutcome]:
     """Run chunk `index` of the stored plan of `run_id`: every job not yet complete, batch by
     batch. Stores and returns an outcome per job; raises ChunkIncomplete after storing them if a
-    batch failed for a reason a retry may cure."""
+    batch failed for a reason a retry may cure.
+
+    Pipelined (the default), the model never waits for the CPU: while it generates batch k,
+    batch k+1's sources are fetched and decoded and batch k-1 is QC'd, encoded and written, each
+    in a thread of its own with one batch in hand (memory stays a few batches). The images and
+    sidecars are the ones the sequential path writes: same seeds, same order of writes."""
     chunk = load_chunk(output, run_id, index)
     context = {**(context or {}), "run_id": run_id}
-    outcomes, errors = [], []
+    outcomes: list[JobOutcome] = []
     # A retry of the chunk (or of the run) finds the variants written since planning complete.
     complete = outputs.complete_variants(output, chunk.jobs)
+    batches = []
     for batch in chunk.batches:
         pending = []
         for planned in batch.jobs:
@@ -90,19 +98,88 @@ def execute_chunk(
                 outcomes.append(skipped_as_complete(planned, sidecar))  # by another run since planning
             else:
                 pending.append(planned)
-        if not pending:
+        if pending:
+            batches.append(Batch(tuple(pending)))
+        else:
             progress.advance("generate", batch.images)
-            continue
-        try:
-            outcomes += run_batch(pipe, Batch(tuple(pending)), output, detector, model_checksum, qc_config, context)
-        except Exception as error:  # noqa: BLE001 - one broken batch must not stop the chunk
-            outcomes += batch_failed(Batch(tuple(pending)), error)
-            errors.append(f"{type(error).__name__}: {error}")
-            progress.advance("generate", batch.images)
+
+    def finish(generated: list[GeneratedBatch]) -> list[JobOutcome]:
+        done: list[JobOutcome] = []
+        for part in generated:
+            try:
+                done += finish_generated(pipe, part, output, detector, model_checksum, qc_config, context)
+            except BatchIncomplete as incomplete:
+                raise BatchIncomplete(done + incomplete.written, incomplete.error) from incomplete.error
+        return done
+
+    errors: list[str] = []
+
+    def fail(batch: Batch, error: BaseException, done: list[JobOutcome]) -> None:
+        outcomes.extend(batch_failed(batch, error, done))
+        errors.append(str(error) if isinstance(error, BatchIncomplete) else f"{type(error).__name__}: {error}")
+        progress.advance("generate", batch.images)
+
+    if not pipelined:
+        for batch in batches:
+            failures: list[JobOutcome] = []
+            try:
+                prepared = prepare_batch(batch)
+                failures = prepared.failures
+                outcomes.extend(failures + finish(generate_prepared(pipe, prepared)))
+                if not prepared.ready:
+                    progress.advance("generate", batch.images)
+            except Exception as error:  # noqa: BLE001 - one broken batch must not stop the chunk
+                fail(batch, error, failures)
+    else:
+        _execute_pipelined(pipe, batches, finish, outcomes, fail)
     store_chunk_outcomes(output, run_id, index, outcomes)
     if errors:
         raise ChunkIncomplete(index, outcomes, errors)
     return outcomes
+
+
+def _execute_pipelined(pipe: FPDMPipeline, batches: list[Batch], finish, outcomes: list[JobOutcome], fail) -> None:
+    """prepare (thread) -> generate (this thread: the accelerator) -> finish (thread), one batch
+    in each stage at a time. A batch that fails in any stage fails alone; its jobs already
+    written stay succeeded."""
+    if not batches:
+        return
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="prepare") as preparer,
+        ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher,
+    ):
+        next_prepared = preparer.submit(prepare_batch, batches[0])
+        finishing: tuple[Batch, list[JobOutcome], Future] | None = None
+
+        def collect() -> None:
+            batch, failures, future = finishing
+            try:
+                outcomes.extend(failures + future.result())
+            except Exception as error:  # noqa: BLE001 - one broken batch must not stop the chunk
+                fail(batch, error, failures)
+
+        for k, batch in enumerate(batches):
+            try:
+                prepared = next_prepared.result()
+            except Exception as error:  # noqa: BLE001
+                prepared = error
+            if k + 1 < len(batches):
+                next_prepared = preparer.submit(prepare_batch, batches[k + 1])
+            if isinstance(prepared, Exception):
+                fail(batch, prepared, [])
+                continue
+            try:
+                generated = generate_prepared(pipe, prepared)
+            except Exception as error:  # noqa: BLE001
+                fail(batch, error, prepared.failures)
+                continue
+            if finishing is not None:
+                collect()
+            if not prepared.ready:
+                progress.advance("generate", batch.images)
+            finishing = (batch, prepared.failures, finisher.submit(finish, generated))
+        if finishing is not None:
+            collect()
 
 
 def succeeded_earlier(planned: PlannedJob, sidecar: dict) -> JobOutcome:
@@ -141,38 +218,58 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def unfinished(chunk: Chunk, outcomes: list[JobOutcome] | None, reason: str) -> list[JobOutcome]:
-    """The jobs of a chunk that no worker finished, failed so a retry takes them up."""
-    if outcomes is not None:
-        return outcomes
-    return [failed(planned.job, reason) for planned in chunk.jobs]
-
-
 # ----- one batch ----------------------------------------------------------------------------------
 
 
-def run_batch(
-    pipe: FPDMPipeline,
-    batch: Batch,
-    output: str,
-    detector,
-    model_checksum: str,
-    qc_config: QCConfig = DEFAULT_QC,
-    context: dict | None = None,
-) -> list[JobOutcome]:
-    """Generate, QC and write one batch. Returns an outcome per job; a job whose source can no
-    longer be read, or whose outputs cannot be written, fails alone.
+@dataclass
+class PreparedBatch:
+    """A batch with its sources read and decoded: what the model needs, fetched ahead of it."""
 
-    Out of GPU memory, the batch is split in halves and each is tried again, down to single
-    jobs: a batch size that fits most garments need not fit the one with many candidates.
-    Any other error propagates, for the caller to retry the batch or fail its jobs."""
+    batch: Batch
+    ready: list[tuple[PlannedJob, SourcePhoto]]
+    failures: list[JobOutcome]  # jobs whose source no longer reads: bad input, failed alone
+
+    def part(self, ready: list[tuple[PlannedJob, SourcePhoto]]) -> PreparedBatch:
+        return PreparedBatch(Batch(tuple(planned for planned, _ in ready)), ready, [])
+
+
+@dataclass
+class GeneratedBatch:
+    prepared: PreparedBatch
+    images: list[list[Image.Image]]  # candidates per ready job
+    source_encodings: dict
+    pose_encodings: list
+    seconds_per_image: float
+
+
+def prepare_batch(batch: Batch) -> PreparedBatch:
+    """Read and decode the batch's sources, each once (I/O and CPU: runs ahead of the model)."""
+    ready, failures, sources = [], [], {}
+    for planned in batch.jobs:
+        job = planned.job
+        try:
+            if job.source_image not in sources:
+                sources[job.source_image] = read_source(job.source_image)
+        except InputError as error:
+            failures.append(failed(job, f"row {job.row}, source_image: {error}"))
+            continue
+        ready.append((planned, sources[job.source_image]))
+    return PreparedBatch(batch, ready, failures)
+
+
+def generate_prepared(pipe: FPDMPipeline, prepared: PreparedBatch) -> list[GeneratedBatch]:
+    """The model's part: one call for the batch. Out of GPU memory, the batch is split in halves
+    and each is tried again, down to single jobs: a batch size that fits most garments need not
+    fit the one with many candidates. Returns the parts as generated (one, unless split)."""
     import torch
 
+    if not prepared.ready:
+        return []
     out_of_memory = False
     try:
-        outcomes = _generate(pipe, batch, output, detector, model_checksum, qc_config, context)
+        return [_generate(pipe, prepared)]
     except torch.OutOfMemoryError:
-        if len(batch.jobs) == 1:
+        if len(prepared.ready) == 1:
             raise
         out_of_memory = True
     if out_of_memory:
@@ -180,49 +277,17 @@ def run_batch(
         # through every smaller try.
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        half = len(batch.jobs) // 2
-        return [
-            outcome
-            for part in (Batch(batch.jobs[:half]), Batch(batch.jobs[half:]))
-            for outcome in run_batch(pipe, part, output, detector, model_checksum, qc_config, context)
-        ]
-    progress.advance("generate", batch.images)
-    return outcomes
+    half = len(prepared.ready) // 2
+    parts = (prepared.part(prepared.ready[:half]), prepared.part(prepared.ready[half:]))
+    return [generated for part in parts for generated in generate_prepared(pipe, part)]
 
 
-def batch_failed(batch: Batch, error: BaseException | str) -> list[JobOutcome]:
-    """Every job of a batch that could not be generated, failed with the batch's error."""
-    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return [failed(p.job, f"batch {batch.batch_id} failed: {reason}") for p in batch.jobs]
-
-
-def _generate(
-    pipe: FPDMPipeline,
-    batch: Batch,
-    output: str,
-    detector,
-    model_checksum: str,
-    qc_config: QCConfig,
-    context: dict | None,
-) -> list[JobOutcome]:
-    outcomes: list[JobOutcome] = []
-    ready: list[tuple[PlannedJob, SourcePhoto]] = []
-    sources: dict[str, SourcePhoto] = {}
-    for planned in batch.jobs:
-        job = planned.job
-        try:
-            if job.source_image not in sources:
-                sources[job.source_image] = read_source(job.source_image)
-        except InputError as error:
-            outcomes.append(failed(job, f"row {job.row}, source_image: {error}"))
-            continue
-        ready.append((planned, sources[job.source_image]))
-    if not ready:
-        return outcomes
-
+def _generate(pipe: FPDMPipeline, prepared: PreparedBatch) -> GeneratedBatch:
+    ready = prepared.ready
     started = time.perf_counter()
     # Each garment's source is encoded once, however many of its poses share the batch.
-    source_encodings = {uri: pipe.encode_source(photo.image) for uri, photo in sources.items()}
+    photos = {photo.uri: photo for _, photo in ready}
+    source_encodings = {uri: pipe.encode_source(photo.image) for uri, photo in photos.items()}
     pose_encodings = [pipe.encode_pose(planned.pose.keypoints) for planned, _ in ready]
     first = ready[0][0].job
     images = pipe(
@@ -234,51 +299,118 @@ def _generate(
         num_images_per_prompt=first.num_candidates,
     )
     seconds_per_image = (time.perf_counter() - started) / sum(p.job.num_candidates for p, _ in ready)
+    return GeneratedBatch(prepared, images, source_encodings, pose_encodings, seconds_per_image)
 
-    for (planned, photo), pose_encoding, candidates in zip(ready, pose_encodings, images, strict=True):
+
+class BatchIncomplete(RuntimeError):
+    """Finishing a batch failed part-way: the jobs written before the error are done."""
+
+    def __init__(self, written: list[JobOutcome], error: BaseException):
+        self.written = written
+        self.error = error
+        super().__init__(f"{type(error).__name__}: {error}")
+
+
+def finish_generated(
+    pipe: FPDMPipeline,
+    generated: GeneratedBatch,
+    output: str,
+    detector,
+    model_checksum: str,
+    qc_config: QCConfig,
+    context: dict | None,
+) -> list[JobOutcome]:
+    """QC every candidate, keep the best, write image then sidecar, job by job (CPU and I/O:
+    runs behind the model). A job whose variant was written is succeeded whatever happens to
+    the next one: an error part-way raises BatchIncomplete with the jobs already written."""
+    outcomes: list[JobOutcome] = []
+    batch = generated.prepared.batch
+    for (planned, photo), pose_encoding, candidates in zip(
+        generated.prepared.ready, generated.pose_encodings, generated.images, strict=True
+    ):
         job = planned.job
-        qc_started = time.perf_counter()
-        reference = ModelReference.for_job(pipe, source_encodings[photo.uri], pose_encoding)
-        results = [
-            check_image(image, photo.image, planned.pose.keypoints, detector, model=reference, config=qc_config)
-            for image in candidates
-        ]
-        kept = best_candidate(results)
-        sidecar = {
-            "sidecar_version": outputs.SIDECAR_VERSION,
-            "job_id": job.job_id,
-            "garment_id": job.garment_id,
-            "variant_id": job.variant_id,
-            **(context or {}),
-            "row": job.row,
-            "source": {"uri": photo.uri, "sha256": photo.sha256},
-            "pose": {"uri": planned.pose.uri, "sha256": planned.pose.sha256, "detector": planned.pose.detector},
-            "keypoints": planned.pose.keypoints.to_json(),
-            "model": {"name": pipe.name, "checksum": model_checksum, "device": str(pipe.device), "dtype": str(pipe.dtype)},
-            "seed": job.seed,
-            "steps": job.steps,
-            "guidance_scale": job.guidance_scale,
-            "num_candidates": job.num_candidates,
-            "kept_candidate": kept,
-            "qc": results[kept].to_json(),
-            "candidates_qc": [{"status": r.status, "score": r.score} for r in results],
-            "timings": {
-                "generation_s": round(seconds_per_image * job.num_candidates, 3),
-                "qc_s": round(time.perf_counter() - qc_started, 3),
-                "batch_id": batch.batch_id,
-                "batch_images": batch.images,
-            },
-            "notes": job.notes,
-            "extra": job.extra,
-            # The source read now may differ from the one planned on; the key records what was used.
-            "inputs_key": planned.inputs_key
-            if photo.sha256 == planned.source_sha256
-            else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum),
-        }
         try:
+            qc_started = time.perf_counter()
+            reference = ModelReference.for_job(pipe, generated.source_encodings[photo.uri], pose_encoding)
+            results = [
+                check_image(image, photo.image, planned.pose.keypoints, detector, model=reference, config=qc_config)
+                for image in candidates
+            ]
+            kept = best_candidate(results)
+            sidecar = {
+                "sidecar_version": outputs.SIDECAR_VERSION,
+                "job_id": job.job_id,
+                "garment_id": job.garment_id,
+                "variant_id": job.variant_id,
+                **(context or {}),
+                "row": job.row,
+                "source": {"uri": photo.uri, "sha256": photo.sha256},
+                "pose": {"uri": planned.pose.uri, "sha256": planned.pose.sha256, "detector": planned.pose.detector},
+                "keypoints": planned.pose.keypoints.to_json(),
+                "model": {"name": pipe.name, "checksum": model_checksum, "device": str(pipe.device), "dtype": str(pipe.dtype)},
+                "seed": job.seed,
+                "steps": job.steps,
+                "guidance_scale": job.guidance_scale,
+                "num_candidates": job.num_candidates,
+                "kept_candidate": kept,
+                "qc": results[kept].to_json(),
+                "candidates_qc": [{"status": r.status, "score": r.score} for r in results],
+                "timings": {
+                    "generation_s": round(generated.seconds_per_image * job.num_candidates, 3),
+                    "qc_s": round(time.perf_counter() - qc_started, 3),
+                    "batch_id": batch.batch_id,
+                    "batch_images": batch.images,
+                },
+                "notes": job.notes,
+                "extra": job.extra,
+                # The source read now may differ from the one planned on; the key records what was used.
+                "inputs_key": planned.inputs_key
+                if photo.sha256 == planned.source_sha256
+                else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum),
+            }
             uri = outputs.write_variant(output, job, candidates[kept], sidecar)
         except InputError as error:
             outcomes.append(failed(job, f"writing the variant: {error}"))
             continue
+        except Exception as error:  # noqa: BLE001 - the jobs written so far stay succeeded
+            raise BatchIncomplete(outcomes, error) from error
         outcomes.append(JobOutcome(job.garment_id, job.variant_id, job.row, SUCCEEDED, results[kept].status, "", uri))
+    progress.advance("generate", batch.images)
     return outcomes
+
+
+def run_batch(
+    pipe: FPDMPipeline,
+    batch: Batch,
+    output: str,
+    detector,
+    model_checksum: str,
+    qc_config: QCConfig = DEFAULT_QC,
+    context: dict | None = None,
+) -> list[JobOutcome]:
+    """Prepare, generate and finish one batch, one step after the other. Returns an outcome per
+    job; bad input fails its own job. Any other error propagates (BatchIncomplete carrying the
+    jobs written before it), for the caller to retry the batch or fail its remaining jobs."""
+    prepared = prepare_batch(batch)
+    outcomes = list(prepared.failures)
+    for generated in generate_prepared(pipe, prepared):
+        try:
+            outcomes += finish_generated(pipe, generated, output, detector, model_checksum, qc_config, context)
+        except BatchIncomplete as incomplete:
+            raise BatchIncomplete(outcomes + incomplete.written, incomplete.error) from incomplete.error
+    if not prepared.ready:
+        progress.advance("generate", batch.images)
+    return outcomes
+
+
+def batch_failed(batch: Batch, error: BaseException | str, done: list[JobOutcome] = ()) -> list[JobOutcome]:
+    """The outcomes of a batch that failed: the jobs `done` before the error as they ended,
+    every other job failed with the batch's error."""
+    if isinstance(error, BatchIncomplete):
+        done, error = [*done, *error.written], error.error
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    finished = {outcome.job_id for outcome in done}
+    return [
+        *done,
+        *(failed(p.job, f"batch {batch.batch_id} failed: {reason}") for p in batch.jobs if p.job.job_id not in finished),
+    ]

@@ -3,7 +3,9 @@ rerun, no source at all; the stored plan is what chunks execute; one loop runs a
 batches, splits a batch out of GPU memory, and leaves a failed batch to a retry that redoes only
 what is unfinished; a chunk goes to one taker."""
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,15 +100,15 @@ def test_a_chunk_with_a_failed_batch_is_retried_and_redoes_only_the_unfinished(m
     plan = planned(manifest, out, chunk_images=4)
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
     second_batch = plan.chunks[0].batches[1].jobs[0].job.job_id
-    original = execution.run_batch
+    original = execution.generate_prepared
     fail = {"on": True}
 
-    def flaky(pipe, batch, *args, **kwargs):
-        if fail["on"] and batch.jobs[0].job.job_id == second_batch:
+    def flaky(pipe, prepared):
+        if fail["on"] and prepared.batch.jobs[0].job.job_id == second_batch:
             raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
-        return original(pipe, batch, *args, **kwargs)
+        return original(pipe, prepared)
 
-    monkeypatch.setattr(execution, "run_batch", flaky)
+    monkeypatch.setattr(execution, "generate_prepared", flaky)
     detector = qc_detector(SETTINGS)
     with pytest.raises(ChunkIncomplete, match="illegal memory access"):
         execute_chunk(pipe, out, "run-1", 0, detector, plan.model_checksum)
@@ -197,3 +199,24 @@ def test_out_of_memory_splits_the_batch_until_it_fits(manifest, tmp_path, monkey
     with pytest.raises(torch.OutOfMemoryError):
         run_batch(pipe, plan.chunks[0].batches[1], out, qc_detector(settings), plan.model_checksum)
     assert calls == [3, 1]
+
+
+def test_pipelined_and_sequential_execution_write_the_same_variants(manifest, tmp_path):
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    written = {}
+    for pipelined in (False, True):
+        out = tmp_path / f"out-{pipelined}"
+        plan = planned(manifest, str(out))
+        assert len(plan.chunks) == 1 and len(plan.chunks[0].batches) == 5
+        outcomes = execute_chunk(pipe, str(out), "run-1", 0, qc_detector(SETTINGS), plan.model_checksum, pipelined=pipelined)
+        assert [o.status for o in outcomes] == ["succeeded"] * 9
+        images = {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.glob("*/*.png"))}
+        sidecars = {}
+        for path in sorted(out.glob("*/*.json")):
+            sidecar = json.loads(path.read_text())
+            del sidecar["timings"], sidecar["created"]
+            sidecar["image"]["uri"] = str(Path(sidecar["image"]["uri"]).relative_to(out))
+            sidecars[str(path.relative_to(out))] = sidecar
+        written[pipelined] = (images, sidecars)
+    assert len(written[True][0]) == 9
+    assert written[True] == written[False]  # byte-identical images, the same sidecars but timings
