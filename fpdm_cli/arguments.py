@@ -45,6 +45,16 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", 
     parser.add_argument("--device", default=default, metavar="D", help=f"{prefix}{DEVICES} (default: auto)")
 
 
+def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        metavar="NAME",
+        help="diffusers scheduler class to sample with, e.g. DDIMScheduler or EulerDiscreteScheduler, built from "
+        "the model's scheduler config (default: the model's own: DDPMScheduler for new models, as the reference "
+        "samples; DDIMScheduler for the demo)",
+    )
+
+
 def add_detector_arguments(
     parser: argparse.ArgumentParser, flag: str = "--backend", choices=DETECTOR_BACKENDS, default: str = "auto"
 ) -> None:

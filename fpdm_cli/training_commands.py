@@ -15,6 +15,7 @@ from fpdm_cli.arguments import (
     TRAIN_OPTIONS,
     add_common_train_options,
     add_device_argument,
+    add_scheduler_argument,
     given_options,
     non_negative_int,
     positive_float,
@@ -176,6 +177,7 @@ def register_eval(subparsers) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="pair i is sampled with seed + i (default 0)")
     parser.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8, help="pairs per model call (default 8)")
     parser.add_argument("--limit", type=positive_int, help="only the first N pairs")
+    add_scheduler_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result, with every pair's scores, as JSON")
     parser.set_defaults(run=run_eval)
@@ -192,6 +194,7 @@ def run_eval(args: argparse.Namespace) -> None:
     result = evaluate_pairs(
         pipe, pairs, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
         use_fusion=not args.no_fusion, batch_size=args.batch_size, copy_source=args.copy_source,
+        scheduler=args.scheduler,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

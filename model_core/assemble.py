@@ -3,15 +3,17 @@
 `assemble` takes the three public starting points of FPDM.md and writes a model directory
 (the `FPDMPipeline.save_pretrained` format) that training starts from:
 
-- a Stable Diffusion 2.1 diffusers folder (unet/, vae/, scheduler/): the UNet gets the FPDM
-  projection class embedding (new, randomly initialised) and keeps every SD weight; the VAE
-  and the scheduler are taken as they are;
+- a Stable Diffusion 2.1 diffusers folder (unet/, vae/, scheduler/): the UNet keeps every SD
+  weight and gets the preset's class embedding for the fusion embedding (`identity`, fed by a
+  new fusion projector; `projection`, new inside the UNet, for presets of the first layout);
+  the VAE is taken as it is, and the scheduler's noise schedule under the preset's sampler
+  class (DDPMScheduler, as the reference samples);
 - an open_clip CLIP checkpoint file: its `visual.*` tower becomes the fusion image encoder
   (the Combiner is new);
 - a timm checkpoint file of the source encoder (DINOv2 ViT as timm names it, or an open_clip
   timm tower under `visual.trunk.`), its position embedding resampled to the preset's size.
 
-The source projector and the pose embedding are new, from the preset. Foreign files are read
+The source projector, the pose embedding and the fusion projector are new, from the preset. Foreign files are read
 as safetensors or with `torch.load(weights_only=True)`: nothing from outside is unpickled
 beyond plain tensors and containers. Every bad input is an `InputError` naming the file or
 the part.
@@ -40,9 +42,9 @@ from timm.layers import resample_abs_pos_embed
 
 from .errors import InputError
 from .fusion import FusionModel
-from .pipeline_fpdm import FPDMPipeline
+from .pipeline_fpdm import FPDMPipeline, scheduler_named
 from .presets import preset_config
-from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector
+from .stage2 import FusionProjector, PoseEmbedding, SourceEncoder, SourceProjector, time_embedding_width
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -94,7 +96,7 @@ def assemble(
     for path in (clip_checkpoint, source_checkpoint):
         _check_checkpoint_file(path)
     sample_size = _check_parts_fit(config, unet_config, vae_config, sd_dir)
-    scheduler = _load_scheduler(scheduler_dir)
+    scheduler = scheduler_named(config["scheduler"]["_class_name"], _load_scheduler(scheduler_dir).config)
 
     with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's RNG is left alone
         torch.manual_seed(config.get("seed", 0))
@@ -102,14 +104,16 @@ def assemble(
         source_encoder = SourceEncoder(**config["source_encoder"])
         source_projector = SourceProjector(**config["source_projector"])
         pose_embedding = PoseEmbedding(**config["pose_embedding"])
+        fusion_projector = FusionProjector(**config["fusion_projector"]) if "fusion_projector" in config else None
         # The encoders' checkpoints first: they are smaller than the UNet, so a wrong file fails sooner.
         _load_clip_tower(fusion, clip_checkpoint)
         _load_source_encoder(source_encoder, source_checkpoint)
-        unet = _load_unet(unet_dir, config["fusion"]["embed_dim"], sample_size)
+        unet = _load_unet(unet_dir, config["unet"], sample_size)
         vae = _load_vae(vae_dir)
 
     pipe = FPDMPipeline(
         fusion=fusion,
+        fusion_projector=fusion_projector,
         source_encoder=source_encoder,
         source_projector=source_projector,
         pose_embedding=pose_embedding,
@@ -181,6 +185,18 @@ def _check_parts_fit(config: dict, unet_config: dict, vae_config: dict, sd_dir: 
             f"the source projector's in_dim {projector['in_dim']} is not the source encoder's width {encoder_width} "
             f"({config['source_encoder']['timm_model']})"
         )
+    fusion_projector = config.get("fusion_projector")
+    if fusion_projector is not None:
+        width = time_embedding_width(unet_config)
+        if fusion_projector["out_dim"] != width:
+            problems.append(
+                f"the fusion projector's out_dim {fusion_projector['out_dim']} is not the UNet's time-embedding width {width}"
+            )
+        if fusion_projector["in_dim"] != config["fusion"]["embed_dim"]:
+            problems.append(
+                f"the fusion projector's in_dim {fusion_projector['in_dim']} is not the fusion embedding's width "
+                f"{config['fusion']['embed_dim']}"
+            )
     latent_channels = vae_config.get("latent_channels")
     if latent_channels != unet_config.get("in_channels") or latent_channels != unet_config.get("out_channels"):
         problems.append(
@@ -227,14 +243,17 @@ def _quiet_diffusers() -> Iterator[None]:
         diffusers_logging.set_verbosity(verbosity)
 
 
-def _load_unet(unet_dir: Path, class_embed_dim: int, sample_size: list[int]) -> UNet2DConditionModel:
+def _load_unet(unet_dir: Path, preset_unet: dict, sample_size: list[int]) -> UNet2DConditionModel:
+    """SD's UNet with the preset's class embedding: `identity` has no weights (the fusion
+    projector is a part of its own); `projection` has new ones, initialised here."""
     files, safetensors = _weights_files(unet_dir)
+    class_embed_type = preset_unet["class_embed_type"]
     try:
         with _quiet_diffusers():
             unet, info = UNet2DConditionModel.from_pretrained(
                 unet_dir,
-                class_embed_type="projection",
-                projection_class_embeddings_input_dim=class_embed_dim,
+                class_embed_type=class_embed_type,
+                projection_class_embeddings_input_dim=preset_unet.get("projection_class_embeddings_input_dim"),
                 sample_size=sample_size,
                 use_safetensors=safetensors,
                 low_cpu_mem_usage=False,
@@ -244,8 +263,8 @@ def _load_unet(unet_dir: Path, class_embed_dim: int, sample_size: list[int]) -> 
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise InputError(f"{unet_dir}: the UNet could not be loaded ({exc})") from None
     new_keys = {key for key in unet.state_dict() if key.startswith(CLASS_EMBEDDING_PREFIX)}
-    if not new_keys:
-        raise InputError(f"{unet_dir}/config.json: the UNet did not take a projection class embedding")
+    if unet.config.class_embed_type != class_embed_type or (class_embed_type == "projection" and not new_keys):
+        raise InputError(f"{unet_dir}/config.json: the UNet did not take a {class_embed_type!r} class embedding")
     missing = set(info["missing_keys"]) - new_keys
     _raise_on_key_problems(
         unet_dir / files[0].name if len(files) == 1 else unet_dir,

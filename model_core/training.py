@@ -307,7 +307,8 @@ def train_diffusion(
     device: str = "auto",
     seed: int = 0,
 ) -> TrainResult:
-    """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding and source projector.
+    """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
+    fusion projector.
 
     VAE, source encoder and the stage-1 fusion model stay frozen. Each condition is zeroed
     with probability `condition_dropout`, independently, which is what lets sampling run the
@@ -323,6 +324,8 @@ def train_diffusion(
     batch_size = min(batch_size, len(data))
 
     trainable = [pipe.unet, pipe.pose_embedding, pipe.source_projector]
+    if pipe.fusion_projector is not None:
+        trainable.append(pipe.fusion_projector)
     for module in trainable:
         module.train().requires_grad_(True)
     parameters = [p for module in trainable for p in module.parameters()]
@@ -392,7 +395,7 @@ def _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, 
     pose_residual = pipe.pose_embedding(batch["skeleton"]) * keep(3)
     if fusion is not None:
         fusion = fusion * keep(1)
-    prediction = denoise(pipe.unet, noisy, timesteps, context, pose_residual, fusion)
+    prediction = denoise(pipe.unet, noisy, timesteps, context, pose_residual, fusion, pipe.fusion_projector)
 
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -402,7 +405,8 @@ def _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, 
 
 
 def without_fusion(pipe: FPDMPipeline) -> FPDMPipeline:
-    """The stage-2-only variant of a model: the UNet without its class embedding, no stage 1.
+    """The stage-2-only variant of a model: the UNet without its class embedding, no stage 1
+    (neither the fusion model nor its projector).
 
     Every other UNet weight carries over, so a team can train stage 2 first and add the
     fusion embedding later.

@@ -14,7 +14,7 @@ import open_clip
 import pytest
 import timm
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
@@ -25,7 +25,7 @@ from model_core.fusion import FusionModel
 from model_core.keypoints import Keypoints
 from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.presets import preset_config
-from model_core.stage2 import SourceEncoder, SourceProjector
+from model_core.stage2 import FusionProjector, SourceEncoder, SourceProjector
 
 TINY = preset_config("tiny")
 TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
@@ -44,7 +44,6 @@ def sd_unet_config(config: dict) -> dict:
     """The preset's UNet as Stable Diffusion ships it: without FPDM's class embedding."""
     unet = dict(config["unet"])
     unet.pop("class_embed_type")
-    unet.pop("projection_class_embeddings_input_dim")
     return unet
 
 
@@ -123,18 +122,19 @@ def test_assembled_directory_loads_with_every_public_weight_and_generates(public
     assert (pipe.geometry.height, pipe.geometry.width) == tuple(TINY["resolution"])
 
     unet = pipe.unet
-    assert unet.config.class_embed_type == "projection"
-    assert unet.config.projection_class_embeddings_input_dim == TINY["fusion"]["embed_dim"]
+    # The fusion embedding reaches the UNet through the new fusion projector and the UNet's
+    # parameter-free identity class embedding: every UNet weight is SD's.
+    assert unet.config.class_embed_type == "identity"
     assert list(unet.config.sample_size) == [TINY["resolution"][0] // 8, TINY["resolution"][1] // 8]
-    state = unet.state_dict()
-    new = {k for k in state if k.startswith("class_embedding.")}
-    assert new == {f"class_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
-    assert_same_tensors({k: v for k, v in state.items() if k not in new}, public.unet_state)
-    for key in new:  # freshly initialised, not the uninitialised memory from_pretrained leaves
-        assert torch.isfinite(state[key]).all() and state[key].abs().max() < 1, key
+    assert_same_tensors(unet.state_dict(), public.unet_state)
+    assert pipe.fusion_projector.config.out_dim == unet.time_embedding.linear_2.out_features
+    for value in pipe.fusion_projector.state_dict().values():
+        assert torch.isfinite(value).all() and value.abs().max() < 1
 
     assert_same_tensors(pipe.vae.state_dict(), public.vae_state)
-    assert isinstance(pipe.scheduler, DDIMScheduler)
+    # SD's noise schedule under the reference's sampler.
+    assert isinstance(pipe.scheduler, DDPMScheduler)
+    assert pipe.scheduler.config.beta_schedule == TINY["scheduler"]["beta_schedule"]
     assert_same_tensors(pipe.fusion.image_encoder.state_dict(), visual_part(public.clip_state))
     assert_same_tensors(pipe.source_encoder.backbone.state_dict(), public.timm_state)
     # The fusion config records the pretrained CLIP (QC trusts CLIP similarities only then);
@@ -364,11 +364,15 @@ def test_fpdm_sd21_preset_is_the_production_architecture():
         encoder = SourceEncoder(**config["source_encoder"])
         fusion = FusionModel(**config["fusion"])
         projector = SourceProjector(**config["source_projector"])
+        fusion_projector = FusionProjector(**config["fusion_projector"])
 
-    # SD 2.1's UNet (865,910,724) plus the projection class embedding 768 -> 1280 -> 1280.
+    # SD 2.1's UNet (865,910,724) as it is (its identity class embedding has no weights), plus
+    # the fusion projector 768 -> 768 -> 1280 that feeds it.
     parameters = sum(p.numel() for p in unet.parameters())
-    assert parameters == 865_910_724 + (768 * 1280 + 1280) + (1280 * 1280 + 1280)
-    assert abs(parameters - 869e6) / 869e6 < 0.005
+    assert parameters == 865_910_724
+    head = sum(p.numel() for p in fusion_projector.parameters())
+    assert head == (768 * 768 + 768) + (768 * 1280 + 1280)
+    assert abs(parameters + head - 869e6) / 869e6 < 0.005
     assert unet.config.cross_attention_dim == 1024 and unet.config.block_out_channels[0] == 320
     assert config["pose_embedding"]["out_channels"] == 320
 
@@ -378,10 +382,10 @@ def test_fpdm_sd21_preset_is_the_production_architecture():
     assert encoder(torch.empty(1, 3, 512, 512, device="meta")).shape == (1, 1297, 1024)
     assert encoder.hidden_size == 1024
 
-    # CLIP ViT-L/14 image encoder, projected embedding 768-d; the UNet's class embedding takes it.
+    # CLIP ViT-L/14 image encoder, projected embedding 768-d; the fusion projector takes it.
     assert fusion.image_encoder.output_dim == 768
     assert fusion.embed(torch.empty(1, 3, 224, 224, device="meta")).shape == (1, 768)
-    assert unet.config.projection_class_embeddings_input_dim == 768
+    assert fusion_projector.config.in_dim == 768 and unet.time_embedding.linear_2.out_features == 1280
 
     linears = [m for m in projector.layers if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(1024, 768), (768, 1024)]

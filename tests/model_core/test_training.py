@@ -134,9 +134,9 @@ def test_condition_dropout_zeroes_what_sampling_zeroes(pairs_csv, tmp_path, monk
     seen = []
     real_denoise = training.denoise
 
-    def recording_denoise(unet, latents, timesteps, context, pose_residual, fusion):
+    def recording_denoise(unet, latents, timesteps, context, pose_residual, fusion, fusion_projector):
         seen.append((context.detach().clone(), pose_residual.detach().clone(), fusion.detach().clone()))
-        return real_denoise(unet, latents, timesteps, context, pose_residual, fusion)
+        return real_denoise(unet, latents, timesteps, context, pose_residual, fusion, fusion_projector)
 
     monkeypatch.setattr(training, "denoise", recording_denoise)
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
