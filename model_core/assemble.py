@@ -34,7 +34,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
@@ -42,8 +41,9 @@ from timm.layers import resample_abs_pos_embed
 
 from .errors import InputError
 from .fusion import FusionModel
-from .pipeline_fpdm import FPDMPipeline, scheduler_named
+from .pipeline_fpdm import FPDMPipeline
 from .presets import preset_config
+from .schedulers import load_scheduler, scheduler_named
 from .stage2 import FusionProjector, PoseEmbedding, SourceEncoder, SourceProjector, time_embedding_width
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -96,7 +96,7 @@ def assemble(
     for path in (clip_checkpoint, source_checkpoint):
         _check_checkpoint_file(path)
     sample_size = _check_parts_fit(config, unet_config, vae_config, sd_dir)
-    scheduler = scheduler_named(config["scheduler"]["_class_name"], _load_scheduler(scheduler_dir).config)
+    scheduler = scheduler_named(config["scheduler"]["_class_name"], load_scheduler(scheduler_dir).config)
 
     with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's RNG is left alone
         torch.manual_seed(config.get("seed", 0))
@@ -337,18 +337,6 @@ def _load_vae(vae_dir: Path) -> AutoencoderKL:
         [f"{key}: file {tuple(a)}, model {tuple(b)}" for key, a, b in info["mismatched_keys"]],
     )
     return vae
-
-
-def _load_scheduler(scheduler_dir: Path):
-    config_file = scheduler_dir / "scheduler_config.json"
-    class_name = _read_json(config_file).get("_class_name")
-    scheduler_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
-    if scheduler_class is None or not hasattr(scheduler_class, "from_pretrained"):
-        raise InputError(f"{config_file}: unknown diffusers scheduler class {class_name!r}")
-    try:
-        return scheduler_class.from_pretrained(scheduler_dir, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{config_file}: the scheduler could not be built ({exc})") from None
 
 
 # ----- foreign checkpoint files ----------------------------------------------------------

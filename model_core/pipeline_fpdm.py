@@ -29,13 +29,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import torch
-from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from . import schedulers
 from .errors import InputError
 from .fusion import FusionModel
 from .images import PHOTO_FILL, SKELETON_FILL, ModelGeometry, pil_to_tensor, square_encoder_input, tensor_to_pil
@@ -186,7 +186,7 @@ class FPDMPipeline:
             unet_config.update(class_embed_type=None, projection_class_embeddings_input_dim=None)
         has_projector = not stage2_only and "fusion_projector" in config
         scheduler_config = dict(config["scheduler"])
-        scheduler_class = _scheduler_class(scheduler_config.pop("_class_name"))
+        scheduler_class = schedulers.scheduler_class(scheduler_config.pop("_class_name"))
         return cls(
             fusion=None if stage2_only else FusionModel(**config["fusion"]),
             fusion_projector=FusionProjector(**config["fusion_projector"]) if has_projector else None,
@@ -439,7 +439,7 @@ class FPDMPipeline:
         latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         latents = latents.to(self.device, self.dtype)
 
-        scheduler = self.scheduler if scheduler is None else scheduler_named(scheduler, self.scheduler.config)
+        scheduler = self.scheduler if scheduler is None else schedulers.scheduler_named(scheduler, self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         latents = latents * scheduler.init_noise_sigma
         # Stochastic samplers (DDPM) draw their step noise from the jobs' own generators too.
@@ -461,23 +461,6 @@ class FPDMPipeline:
         encoding = self.encode_source(source)
         pose_encodings = [self.encode_pose(p) for p in poses]
         return self([encoding] * len(poses), pose_encodings, [seed] * len(poses), **kwargs)
-
-
-def scheduler_named(name: str, config) -> SchedulerMixin:
-    """The diffusers scheduler class `name` built from another scheduler's config: the noise
-    schedule and prediction type carry over (diffusers keeps the keys one class does not use)."""
-    return _scheduler_class(name).from_config(config)
-
-
-def _scheduler_class(name: str) -> type[SchedulerMixin]:
-    scheduler_class = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)) or (
-        scheduler_class is SchedulerMixin
-    ):
-        raise InputError(
-            f"unknown diffusers scheduler class {name!r} (for example DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler)"
-        )
-    return scheduler_class
 
 
 def _load_component(path: Path, part: str) -> torch.nn.Module:
@@ -502,11 +485,6 @@ def _load_component(path: Path, part: str) -> torch.nn.Module:
 
 
 def _load_scheduler(path: Path):
-    config_file = path / "scheduler" / "scheduler_config.json"
-    if not config_file.is_file():
+    if not (path / "scheduler" / "scheduler_config.json").is_file():
         raise InputError(f"{path}: model directory is missing part 'scheduler' (scheduler/scheduler_config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise InputError(f"{config_file}: unreadable ({exc})") from None
-    return _scheduler_class(config.get("_class_name", "DDIMScheduler")).from_pretrained(path / "scheduler")
+    return schedulers.load_scheduler(path / "scheduler", default_class="DDIMScheduler")
