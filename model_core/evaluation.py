@@ -34,7 +34,7 @@ from PIL import Image
 
 from .images import ModelGeometry, load_image, srgb_to_lab
 from .keypoints import Keypoints, read_keypoints
-from .training import Pair
+from .training_data import Pair
 
 METRICS = ("ssim", "psnr", "colour_error", "pose_accuracy", "figure_iou")
 BACKGROUND_DISTANCE = 12.0  # Lab units from the border colour that make a pixel part of the figure

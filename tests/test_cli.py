@@ -318,7 +318,12 @@ def test_help_states_the_defaults_and_columns_the_code_uses(capsys):
     assert (int(batch), int(accumulation), float(lr)) == (
         diffusion["batch_size"].default, diffusion["gradient_accumulation"].default, diffusion["learning_rate"].default,
     )  # fmt: skip
-    assert f"(default {diffusion['warmup_steps'].default};" in option_help(capsys, "train", "diffusion")["--warmup-steps"]
+    text = description(capsys, "train", "diffusion")
+    assert f"x{diffusion['lr_decay_factor'].default} late in the run, no weight decay, no clipping;" in text
+    assert diffusion["weight_decay"].default == 0 and diffusion["max_grad_norm"].default is None
+    helps = option_help(capsys, "train", "diffusion")
+    assert f"(default {diffusion['warmup_fraction'].default}:" in helps["--warmup-fraction"]
+    assert f"(default {diffusion['lr_decay_at'].default}:" in helps["--lr-decay-at"]
 
     columns = f"Columns: {', '.join(REQUIRED_COLUMNS)} (required); {', '.join(OPTIONAL_COLUMNS)} (optional)"
     assert columns in description(capsys, "validate")

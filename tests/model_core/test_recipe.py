@@ -4,6 +4,7 @@ shipped `demo`) loading and sampling exactly as before."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,93 @@ def test_the_demo_model_of_the_first_layout_loads_and_samples_exactly_as_before(
     before = np.asarray(Image.open(DEMO_BEFORE_RECIPE), dtype=np.float32)
     # Identical here; one grey level of slack for another CPU's float rounding.
     assert np.abs(strip - before).max() <= 1
+
+
+# ----- stage-2 training --------------------------------------------------------------------
+
+
+def test_the_learning_rate_warms_up_then_drops_tenfold_at_55_percent_of_the_run():
+    from model_core.training import train_diffusion, warmup_step_decay
+
+    defaults = {name: p.default for name, p in inspect.signature(train_diffusion).parameters.items()}
+    assert (defaults["warmup_fraction"], defaults["lr_decay_at"], defaults["lr_decay_factor"]) == (0.05, 0.55, 0.1)
+    # 100 steps: the reference's per-epoch values for 100 epochs (WarmupStepLR, t_up 5, step 50).
+    factor = warmup_step_decay(100, 0.05, 0.55, 0.1)
+    assert [factor(s) for s in (0, 1, 4, 5, 54, 55, 99)] == pytest.approx([0.2, 0.4, 1.0, 1.0, 1.0, 0.1, 0.1])
+    # Any length: 20 steps warm up in one and drop from step 11 on.
+    factor = warmup_step_decay(20, 0.05, 0.55, 0.1)
+    assert [factor(s) for s in (0, 1, 10, 11, 19)] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1])
+    no_warmup = warmup_step_decay(10, 0.0, 1.0, 0.1)
+    assert [no_warmup(s) for s in range(10)] == [1.0] * 10
+
+
+def test_condition_dropout_draws_per_sample_by_default_and_per_batch_as_the_reference():
+    from model_core.training import ConditionDropout, train_diffusion
+
+    defaults = {name: p.default for name, p in inspect.signature(train_diffusion).parameters.items()}
+    assert (defaults["condition_dropout"], defaults["condition_dropout_per_batch"]) == (0.2, False)
+    generator = torch.Generator().manual_seed(0)
+    per_sample = torch.stack([ConditionDropout(0.2).keep(8, generator) for _ in range(500)])
+    per_batch = torch.stack([ConditionDropout(0.2, per_batch=True).keep(8, generator) for _ in range(500)])
+    for keep in (per_sample, per_batch):
+        assert set(keep.unique().tolist()) == {0.0, 1.0} and 1 - keep.mean().item() == pytest.approx(0.2, abs=0.03)
+    mixed = (per_sample.min(dim=1).values != per_sample.max(dim=1).values).float().mean().item()
+    assert mixed > 0.7  # most batches mix kept and dropped samples (1 - 0.8^8 - 0.2^8 of them)
+    assert (per_batch == per_batch[:, :1]).all()  # the reference: the whole batch keeps or drops
+
+
+@pytest.fixture(scope="module")
+def pairs_csv(tmp_path_factory):
+    from stick_figures import make_pairs
+
+    return make_pairs(tmp_path_factory.mktemp("pairs"), people=2, poses_per_person=2, seed=0)
+
+
+@pytest.mark.parametrize("fusion_dropout", [True, False])
+def test_the_combiners_dropout_is_active_in_stage_2_training_and_off_at_sampling(
+    pairs_csv, tmp_path, monkeypatch, fusion_dropout
+):
+    """Also the optimiser of the recipe: AdamW without weight decay, no gradient clipping."""
+    import model_core.fusion
+    import model_core.training as training
+
+    combiner_modes, optimisers, clipped = [], [], []
+    real_forward = model_core.fusion.Combiner.forward
+
+    def recording_forward(self, source, pose):
+        combiner_modes.append(self.training)
+        return real_forward(self, source, pose)
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimisers.append(self)
+
+    monkeypatch.setattr(model_core.fusion.Combiner, "forward", recording_forward)
+    monkeypatch.setattr(training.torch.optim, "AdamW", RecordingAdamW)
+    monkeypatch.setattr(training.torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: clipped.append(args))
+    result = training.train_diffusion(
+        "tiny", pairs_csv, tmp_path / "out", max_steps=1, batch_size=4, gradient_accumulation=1, device="cpu",
+        fusion_dropout=fusion_dropout,
+    )  # fmt: skip
+    assert combiner_modes == [fusion_dropout]  # one fusion embedding per training step
+    (optimiser,) = optimisers
+    assert {group["weight_decay"] for group in optimiser.param_groups} == {0.0} and clipped == []
+
+    combiner_modes.clear()
+    trained = FPDMPipeline.from_pretrained(result.out, device="cpu")
+    source = Image.new("RGB", (48, 64), (200, 40, 60))
+    trained.generate(source, [read_keypoints(pairs_csv.parent / "p000_1.json")], num_inference_steps=1)
+    assert combiner_modes and not any(combiner_modes)  # clean at sampling
+
+
+def test_a_gradient_clip_and_weight_decay_are_still_there_to_choose(pairs_csv, tmp_path, monkeypatch):
+    import model_core.training as training
+
+    clipped = []
+    monkeypatch.setattr(training.torch.nn.utils, "clip_grad_norm_", lambda parameters, norm: clipped.append(norm))
+    training.train_diffusion(
+        "tiny", pairs_csv, tmp_path / "out", max_steps=2, batch_size=4, gradient_accumulation=1, device="cpu",
+        max_grad_norm=1.0, weight_decay=1e-2,
+    )  # fmt: skip
+    assert clipped == [1.0, 1.0]
