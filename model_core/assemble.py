@@ -13,14 +13,10 @@
 - a timm checkpoint file of the source encoder (DINOv2 ViT as timm names it, or an open_clip
   timm tower under `visual.trunk.`), its position embedding resampled to the preset's size.
 
-The source projector, the pose embedding and the fusion projector are new, from the preset. Foreign files are read
-as safetensors or with `torch.load(weights_only=True)`: nothing from outside is unpickled
-beyond plain tensors and containers. Every bad input is an `InputError` naming the file or
-the part.
-
-Just over 500 lines, on purpose: one procedure with the checks that make each of three foreign
-checkpoint formats safe to load (strict key checks, shape checks, pickle-free reading), read top
-to bottom; split, each check would sit away from the step it guards.
+The source projector, the pose embedding and the fusion projector are new, from the preset.
+Foreign files are read by `checkpoint_files`: as safetensors or with
+`torch.load(weights_only=True)`, so nothing from outside is unpickled beyond plain tensors and
+containers, and loaded strictly. Every bad input is an `InputError` naming the file or the part.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +35,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from timm.layers import resample_abs_pos_embed
 
+from .checkpoint_files import (
+    check_checkpoint_file,
+    iter_tensors,
+    listed,
+    load_strict,
+    raise_on_key_problems,
+    read_checkpoint,
+)
 from .errors import InputError
 from .fusion import FusionModel
 from .pipeline_fpdm import FPDMPipeline
@@ -46,10 +50,6 @@ from .presets import preset_config
 from .schedulers import load_scheduler, scheduler_named
 from .stage2 import FusionProjector, PoseEmbedding, SourceEncoder, SourceProjector, time_embedding_width
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-# Containers that training scripts wrap a state dict in, unwrapped in this order.
-WRAPPER_KEYS = ("state_dict", "model", "module")
 CLASS_EMBEDDING_PREFIX = "class_embedding."
 # diffusers' file names for a model folder's weights, in the order diffusers prefers them.
 DIFFUSERS_WEIGHTS = (
@@ -58,7 +58,6 @@ DIFFUSERS_WEIGHTS = (
     ("diffusion_pytorch_model.bin", False),
     ("diffusion_pytorch_model.bin.index.json", False),
 )
-MAX_LISTED_KEYS = 6
 
 
 def assemble(
@@ -94,7 +93,7 @@ def assemble(
     unet_config = _with_defaults(UNet2DConditionModel, _read_json(unet_dir / "config.json"))
     vae_config = _with_defaults(AutoencoderKL, _read_json(vae_dir / "config.json"))
     for path in (clip_checkpoint, source_checkpoint):
-        _check_checkpoint_file(path)
+        check_checkpoint_file(path)
     sample_size = _check_parts_fit(config, unet_config, vae_config, sd_dir)
     scheduler = scheduler_named(config["scheduler"]["_class_name"], load_scheduler(scheduler_dir).config)
 
@@ -266,7 +265,7 @@ def _load_unet(unet_dir: Path, preset_unet: dict, sample_size: list[int]) -> UNe
     if unet.config.class_embed_type != class_embed_type or (class_embed_type == "projection" and not new_keys):
         raise InputError(f"{unet_dir}/config.json: the UNet did not take a {class_embed_type!r} class embedding")
     missing = set(info["missing_keys"]) - new_keys
-    _raise_on_key_problems(
+    raise_on_key_problems(
         unet_dir / files[0].name if len(files) == 1 else unet_dir,
         "the UNet",
         missing,
@@ -288,7 +287,7 @@ def _verify_unet_weights(unet: UNet2DConditionModel, files: list[Path], safetens
     expected = {key: value for key, value in unet.state_dict().items() if key not in new_keys}
     seen = set()
     for path in files:
-        for key, tensor in _iter_tensors(path, safetensors):
+        for key, tensor in iter_tensors(path, safetensors):
             if key in new_keys:
                 raise InputError(f"{path}: already has the class-embedding weight {key!r}; this is not a plain SD UNet")
             if key not in expected:
@@ -298,26 +297,10 @@ def _verify_unet_weights(unet: UNet2DConditionModel, files: list[Path], safetens
             seen.add(key)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise InputError(f"{files[0].parent}: the UNet weights lack {_listed(missing)}; diffusers would leave them uninitialised")
+        raise InputError(f"{files[0].parent}: the UNet weights lack {listed(missing)}; diffusers would leave them uninitialised")
     for key in new_keys:
         if not torch.isfinite(unet.state_dict()[key]).all():  # pragma: no cover - guards the initialisation above
             raise RuntimeError(f"UNet class embedding {key} is not finite after initialisation")
-
-
-def _iter_tensors(path: Path, safetensors: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    if safetensors:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in handle.keys():
-                    yield key, handle.get_tensor(key)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable foreign file is bad input
-            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
-        return
-    yield from _state_dict(path, _torch_load(path, mmap=True)).items()
 
 
 def _load_vae(vae_dir: Path) -> AutoencoderKL:
@@ -329,7 +312,7 @@ def _load_vae(vae_dir: Path) -> AutoencoderKL:
             )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise InputError(f"{vae_dir}: the VAE could not be loaded ({exc})") from None
-    _raise_on_key_problems(
+    raise_on_key_problems(
         vae_dir,
         "the VAE",
         set(info["missing_keys"]),
@@ -337,114 +320,6 @@ def _load_vae(vae_dir: Path) -> AutoencoderKL:
         [f"{key}: file {tuple(a)}, model {tuple(b)}" for key, a, b in info["mismatched_keys"]],
     )
     return vae
-
-
-# ----- foreign checkpoint files ----------------------------------------------------------
-
-
-def _check_checkpoint_file(path: Path) -> None:
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file")
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise InputError(f"{path}: not a checkpoint file kind this reads ({', '.join(CHECKPOINT_SUFFIXES)})")
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file, or from a torch file read with
-    `weights_only=True` (tensors and plain containers only), unwrapped from
-    {"state_dict": ...}-style containers and DDP's "module." prefixes."""
-    path = Path(path)
-    _check_checkpoint_file(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any unreadable foreign file is bad input
-            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
-    else:
-        data = _torch_load(path)
-    return _state_dict(path, data)
-
-
-def _torch_load(path: Path, mmap: bool = False):
-    if mmap:  # zip-format files only; anything else is read the ordinary way below
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001
-            pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - refused (arbitrary objects) or unreadable: bad input either way
-        raise InputError(f"{path}: refused: {_torch_load_reason(exc)}") from None
-
-
-def _torch_load_reason(exc: Exception) -> str:
-    """torch's message, without its advice to retry with weights_only=False (never do that here)."""
-    message = str(exc)
-    if "TorchScript" in message:
-        return (
-            "a TorchScript archive (like OpenAI's original CLIP release) is not a state dict; "
-            "use a plain state-dict checkpoint (open_clip publishes open_clip_pytorch_model.bin)"
-        )
-    if "Weights only load failed" in message:
-        detail = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else ""
-        detail = " ".join(detail.split("Check the documentation")[0].split("Please use `torch.serialization")[0].split())
-        return (
-            "the file pickles objects other than tensors, and torch.load(weights_only=True) does not unpickle "
-            "them (arbitrary objects are never loaded)" + (f": {detail}" if detail else "")
-        )
-    first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-    return f"not a readable torch checkpoint with torch.load(weights_only=True) ({first_line})"
-
-
-def _state_dict(path: Path, data) -> dict[str, torch.Tensor]:
-    for _ in range(3):
-        if isinstance(data, Mapping) and not all(isinstance(v, torch.Tensor) for v in data.values()):
-            wrapped = next((data[key] for key in WRAPPER_KEYS if isinstance(data.get(key), Mapping)), None)
-            if wrapped is None:
-                break
-            data = wrapped
-    if not isinstance(data, Mapping):
-        raise InputError(f"{path}: holds a {type(data).__name__}, not a state dict")
-    tensors = {
-        (key[len("module.") :] if key.startswith("module.") else key): value
-        for key, value in data.items()
-        if isinstance(key, str) and isinstance(value, torch.Tensor)
-    }
-    if not tensors:
-        raise InputError(f"{path}: no tensors found (expected a state dict, maybe under 'state_dict')")
-    return tensors
-
-
-def _listed(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:MAX_LISTED_KEYS])
-    return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > MAX_LISTED_KEYS else "")
-
-
-def _raise_on_key_problems(path: Path, part: str, missing, unexpected, mismatched: list[str]) -> None:
-    problems = []
-    if missing:
-        problems.append(f"missing {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_listed(unexpected)}")
-    if mismatched:
-        shown = "; ".join(sorted(mismatched)[:MAX_LISTED_KEYS])
-        problems.append(f"{len(mismatched)} shape mismatch(es): {shown}" + ("; ..." if len(mismatched) > MAX_LISTED_KEYS else ""))
-    if problems:
-        raise InputError(f"{path}: does not fit {part}: " + "; ".join(problems))
-
-
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
-    expected = module.state_dict()
-    mismatched = [
-        f"{key}: file {tuple(state[key].shape)}, model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    _raise_on_key_problems(path, part, set(expected) - set(state), set(state) - set(expected), mismatched)
-    module.load_state_dict(state, strict=True)
 
 
 # ----- the fusion encoder (open_clip) ------------------------------------------------------
@@ -458,7 +333,7 @@ def _load_clip_tower(fusion: FusionModel, path: Path) -> None:
         if any(key.startswith("vision_model.") for key in state):
             hint = " (this looks like a Hugging Face transformers CLIP checkpoint; use open_clip's open_clip_pytorch_model.bin)"
         raise InputError(f"{path}: no 'visual.*' weights: not an open_clip CLIP checkpoint{hint}")
-    _load_strict(fusion.image_encoder, visual, path, "the fusion image encoder (open_clip visual tower)")
+    load_strict(fusion.image_encoder, visual, path, "the fusion image encoder (open_clip visual tower)")
 
 
 # ----- the source encoder (timm) -----------------------------------------------------------
@@ -479,7 +354,7 @@ def _load_source_encoder(encoder: SourceEncoder, path: Path) -> None:
         state = {key: value for key, value in state.items() if not key.startswith("fc_norm.")}
     if "pos_embed" in state and getattr(backbone, "pos_embed", None) is not None:
         state["pos_embed"] = _resampled_pos_embed(backbone, state["pos_embed"], path)
-    _load_strict(backbone, state, path, f"the source encoder ({encoder.config.timm_model})")
+    load_strict(backbone, state, path, f"the source encoder ({encoder.config.timm_model})")
 
 
 def _resampled_pos_embed(backbone: torch.nn.Module, pos_embed: torch.Tensor, path: Path) -> torch.Tensor:
