@@ -9,7 +9,7 @@
   the VAE is taken as it is, and the scheduler's noise schedule under the preset's sampler
   class (DDPMScheduler, as the reference samples);
 - an open_clip CLIP checkpoint file: its `visual.*` tower becomes the fusion image encoder
-  (the Combiner is new);
+  (the Combiner is new), with the activation it was trained with (`clip_activation`);
 - a timm checkpoint file of the source encoder (DINOv2 ViT as timm names it, or an open_clip
   timm tower under `visual.trunk.`), its position embedding resampled to the preset's size.
 
@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,17 +72,20 @@ def assemble(
     """Write a model directory at `out` from public SD 2.1, open_clip CLIP and timm checkpoints.
 
     `preset` gives the FPDM-specific parts (fusion Combiner, source encoder architecture,
-    source projector, pose embedding, resolution); the UNet, VAE and scheduler come from
-    `sd_dir`. `quick_gelu` overrides the preset's fusion-encoder activation: OpenAI's CLIP
-    weights were trained with QuickGELU (open_clip's `-quickgelu` models), LAION's with GELU;
-    the file cannot tell which. `out` must not exist yet (or be an empty folder); it is
-    written completely or not at all. Returns `out`.
+    source projector, pose embedding, fusion projector, resolution); the UNet, VAE and noise
+    schedule come from `sd_dir`.
+
+    The CLIP tower gets the activation its weights were trained with: QuickGELU for OpenAI's,
+    GELU for LAION's and most others. `clip_activation` reads it from what ships with the
+    weights; `quick_gelu` states it where nothing does, and a `quick_gelu` that contradicts the
+    checkpoint is refused. The fusion config records the activation and how it was decided.
+
+    `out` must not exist yet (or be an empty folder); it is written completely or not at all.
+    Returns `out`.
     """
     out, sd_dir = Path(out), Path(sd_dir)
     clip_checkpoint, source_checkpoint = Path(clip_checkpoint), Path(source_checkpoint)
     config = preset_config(preset)
-    if quick_gelu is not None:
-        config["fusion"]["quick_gelu"] = bool(quick_gelu)
     # Recorded in the fusion config so that a model knows its CLIP is pretrained (QC uses it).
     config["fusion"]["clip_weights"] = clip_checkpoint.name
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -97,6 +100,12 @@ def assemble(
     sample_size = _check_parts_fit(config, unet_config, vae_config, sd_dir)
     scheduler = scheduler_named(config["scheduler"]["_class_name"], load_scheduler(scheduler_dir).config)
 
+    clip_state = read_checkpoint(clip_checkpoint)
+    clip_tower = _clip_tower_state(clip_checkpoint, clip_state)  # is it a CLIP at all, before which activation
+    config["fusion"]["quick_gelu"], config["fusion"]["quick_gelu_evidence"] = _decided_quick_gelu(
+        quick_gelu, clip_checkpoint, clip_state
+    )
+
     with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's RNG is left alone
         torch.manual_seed(config.get("seed", 0))
         fusion = FusionModel(**config["fusion"])
@@ -105,7 +114,7 @@ def assemble(
         pose_embedding = PoseEmbedding(**config["pose_embedding"])
         fusion_projector = FusionProjector(**config["fusion_projector"]) if "fusion_projector" in config else None
         # The encoders' checkpoints first: they are smaller than the UNet, so a wrong file fails sooner.
-        _load_clip_tower(fusion, clip_checkpoint)
+        load_strict(fusion.image_encoder, clip_tower, clip_checkpoint, "the fusion image encoder (open_clip visual tower)")
         _load_source_encoder(source_encoder, source_checkpoint)
         unet = _load_unet(unet_dir, config["unet"], sample_size)
         vae = _load_vae(vae_dir)
@@ -325,15 +334,71 @@ def _load_vae(vae_dir: Path) -> AutoencoderKL:
 # ----- the fusion encoder (open_clip) ------------------------------------------------------
 
 
-def _load_clip_tower(fusion: FusionModel, path: Path) -> None:
-    state = read_checkpoint(path)
+# Keys of OpenAI's own CLIP state dicts (as in their release) that open_clip drops when it
+# converts one (open_clip.model.build_model_from_openai_state_dict): a file with them is OpenAI's.
+OPENAI_LAYOUT_KEYS = ("input_resolution", "context_length", "vocab_size")
+# What open_clip's hub repositories ship beside the weights; open_clip builds the model from its
+# model_cfg, quick_gelu included (false when absent, open_clip's default).
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+
+
+def clip_activation(path: Path, state: Mapping[str, torch.Tensor]) -> tuple[bool | None, str]:
+    """Whether the CLIP checkpoint at `path` was trained with QuickGELU, and the evidence.
+
+    The weights alone cannot say: GELU and QuickGELU towers have the same tensors, and a
+    tower's output on any input looks plausible under either (they differ by at most 0.02 per
+    unit), so there is nothing to compare it against. The evidence is what ships with them:
+    1. OpenAI's own layout (OPENAI_LAYOUT_KEYS): QuickGELU, which every OpenAI CLIP was
+       trained with;
+    2. an open_clip_config.json beside the file, as open_clip's hub repositories ship it: its
+       model_cfg.quick_gelu.
+    None (undecided) when neither is there: open_clip-format files of OpenAI and LAION weights
+    are otherwise alike.
+    """
+    if all(key in state for key in OPENAI_LAYOUT_KEYS):
+        return True, f"OpenAI's CLIP layout ({', '.join(OPENAI_LAYOUT_KEYS)} keys): OpenAI's CLIPs use QuickGELU"
+    config_file = path.parent / OPEN_CLIP_CONFIG
+    if config_file.is_file():
+        model_cfg = _read_json(config_file).get("model_cfg")
+        if not isinstance(model_cfg, dict):
+            raise InputError(f"{config_file}: no model_cfg object (open_clip's hub config has one)")
+        embed_dim, proj = model_cfg.get("embed_dim"), state.get("visual.proj")
+        if embed_dim is not None and proj is not None and proj.shape[-1] != embed_dim:
+            raise InputError(
+                f"{config_file}: describes a CLIP with embed_dim {embed_dim}, but {path.name} projects to {proj.shape[-1]}"
+            )
+        value = bool(model_cfg.get("quick_gelu", False))
+        return value, f"{OPEN_CLIP_CONFIG} beside it: model_cfg.quick_gelu {'true' if value else 'false (unset)'}"
+    return None, f"no OpenAI layout keys ({', '.join(OPENAI_LAYOUT_KEYS)}) and no {OPEN_CLIP_CONFIG} beside it"
+
+
+def _decided_quick_gelu(asked: bool | None, path: Path, state: Mapping[str, torch.Tensor]) -> tuple[bool, str]:
+    detected, evidence = clip_activation(path, state)
+    flag = "--quick-gelu" if asked else "--no-quick-gelu"
+    if detected is None:
+        if asked is None:
+            raise InputError(
+                f"{path}: cannot tell whether this CLIP was trained with QuickGELU or GELU ({evidence}); "
+                "OpenAI's weights use QuickGELU: pass --quick-gelu; LAION's and most others GELU: pass --no-quick-gelu "
+                "(the wrong one degrades every fusion embedding, silently)"
+            )
+        return bool(asked), f"stated when assembling ({flag}); the checkpoint does not say"
+    if asked is not None and bool(asked) != detected:
+        raise InputError(
+            f"{path}: {flag} contradicts the checkpoint, which was trained with {'QuickGELU' if detected else 'GELU'} "
+            f"({evidence}); leave the flag out"
+        )
+    return detected, evidence
+
+
+def _clip_tower_state(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     visual = {key[len("visual.") :]: value for key, value in state.items() if key.startswith("visual.")}
     if not visual:
         hint = ""
         if any(key.startswith("vision_model.") for key in state):
             hint = " (this looks like a Hugging Face transformers CLIP checkpoint; use open_clip's open_clip_pytorch_model.bin)"
         raise InputError(f"{path}: no 'visual.*' weights: not an open_clip CLIP checkpoint{hint}")
-    load_strict(fusion.image_encoder, visual, path, "the fusion image encoder (open_clip visual tower)")
+    return visual
 
 
 # ----- the source encoder (timm) -----------------------------------------------------------

@@ -335,3 +335,26 @@ def test_help_loads_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_assemble_takes_the_clip_activation_only_when_stated():
+    from fpdm_cli.main import build_parser
+
+    required = [
+        "model",
+        "assemble",
+        "--preset",
+        "fpdm-sd21",
+        "--sd",
+        "sd",
+        "--clip",
+        "c.bin",
+        "--source-encoder",
+        "d",
+        "--out",
+        "o",
+    ]
+    parse = build_parser().parse_args
+    assert parse(required).quick_gelu is None  # assemble reads it from the checkpoint
+    assert parse([*required, "--quick-gelu"]).quick_gelu is True
+    assert parse([*required, "--no-quick-gelu"]).quick_gelu is False
