@@ -60,7 +60,11 @@ def register_generate(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, default=20, metavar="N", help="sampling steps (default: 20)")
     parser.add_argument("--guidance", type=float, default=2.0, metavar="W", help="guidance scale (default: 2.0)")
     parser.add_argument(
-        "--samples", type=positive_int, default=1, metavar="N", help="images per pose (default: 1; the paper draws 4)"
+        "--samples",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="images per pose (default: 1, as the reference's test script; its validation draws 4)",
     )
     parser.add_argument("--no-fusion", action="store_true", help="sample without the stage-1 fusion branch (two-branch guidance)")
     add_scheduler_argument(parser)

@@ -99,7 +99,7 @@ def register_train(subparsers) -> None:
         argument_default=argparse.SUPPRESS,
         help="train the stage-1 fusion model",
         description="Train the stage-1 fusion model (FPDM.md, Stage 1). Options left out take "
-        "model_core.training's defaults (batch 48, lr 1e-5, the paper's; docs/models-and-training.md lists "
+        "model_core.training's defaults (batch 48, lr 1e-5, the reference's; docs/models-and-training.md lists "
         f"every default and its source). {prints}",
     )
     fusion.add_argument("--model", required=True, help="preset name or model directory to start from")
@@ -111,10 +111,11 @@ def register_train(subparsers) -> None:
         argument_default=argparse.SUPPRESS,
         help="train the stage-2 diffusion model",
         description="Train the stage-2 diffusion model (FPDM.md, Stage 2) with the VAE, source encoder and fusion "
-        "model frozen. Options left out take model_core.training's defaults, the reference's recipe (batch 42 "
+        "model frozen. Options left out take model_core.training's defaults: the reference's recipe (batch 42 "
         "with 3 accumulation steps, lr 1e-4 with warm-up, x0.1 late in the run, no weight decay, no clipping; "
-        "keypoint jitter, flips, source = target pairs and low-resolution sources; docs/models-and-training.md "
-        f"lists every default and its source). {prints}",
+        "keypoint jitter, flips, source = target pairs and low-resolution sources), except that condition "
+        "dropout is drawn per sample, not per batch; docs/models-and-training.md lists every default and its "
+        f"source. {prints}",
     )
     diffusion.add_argument("--model", required=True, help="model directory (or preset) to start from")
     diffusion.add_argument(
