@@ -12,7 +12,7 @@ DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects not
 # are parsed with argparse.SUPPRESS as default, so an option the user did not give is absent and
 # the train function's own default applies (model_core.training: the one place they are written).
 TRAIN_OPTIONS = ("max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed")
-TRAIN_DIFFUSION_OPTIONS = (*TRAIN_OPTIONS, "stage2_only", "gradient_accumulation", "warmup_steps")
+TRAIN_DIFFUSION_OPTIONS = (*TRAIN_OPTIONS, "stage2_only", "gradient_accumulation", "warmup_fraction", "lr_decay_at")
 
 DEVICES = "auto (CUDA if available), cpu, cuda or cuda:N"
 
@@ -21,6 +21,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -43,6 +50,16 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", 
     the whole command (`fpdm qc`: only --model's checks)."""
     prefix = f"device for {used_for}: " if used_for else ""
     parser.add_argument("--device", default=default, metavar="D", help=f"{prefix}{DEVICES} (default: auto)")
+
+
+def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        metavar="NAME",
+        help="diffusers scheduler class to sample with, e.g. DDIMScheduler or EulerDiscreteScheduler, built from "
+        "the model's scheduler config (default: the model's own: DDPMScheduler for new models, as the reference "
+        "samples; DDIMScheduler for the demo)",
+    )
 
 
 def add_detector_arguments(

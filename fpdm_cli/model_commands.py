@@ -59,8 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     assemble.add_argument("--name", help="model name recorded in model_index.json (default: the --out folder's name)")
     assemble.add_argument(
         "--quick-gelu",
-        action="store_true",
-        help="the CLIP checkpoint was trained with QuickGELU (OpenAI's weights); LAION's use GELU, the default",
+        action=argparse.BooleanOptionalAction,
+        help="the activation the CLIP checkpoint was trained with: QuickGELU (OpenAI's weights) or, with "
+        "--no-quick-gelu, GELU (LAION's). Needed only where the checkpoint does not say: assemble reads OpenAI's "
+        "own layout and an open_clip_config.json beside the file, and refuses a flag that contradicts them",
     )
     assemble.set_defaults(run=run_assemble)
 
@@ -104,7 +106,7 @@ def run_assemble(args: argparse.Namespace) -> None:
     options = {"preset": args.preset}
     if args.name is not None:
         options["name"] = args.name
-    if args.quick_gelu:
-        options["quick_gelu"] = True
+    if args.quick_gelu is not None:
+        options["quick_gelu"] = args.quick_gelu
     assemble(args.out, args.sd, args.clip, args.source_encoder, **options)
     print(args.out)

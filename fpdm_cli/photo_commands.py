@@ -10,7 +10,13 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from fpdm_cli.arguments import add_detector_arguments, add_device_argument, non_negative_int, positive_int
+from fpdm_cli.arguments import (
+    add_detector_arguments,
+    add_device_argument,
+    add_scheduler_argument,
+    non_negative_int,
+    positive_int,
+)
 
 EXIT_SOME_PHOTOS_FAILED = 1
 EXIT_QC_NOT_PASSED = 1
@@ -54,9 +60,14 @@ def register_generate(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, default=20, metavar="N", help="sampling steps (default: 20)")
     parser.add_argument("--guidance", type=float, default=2.0, metavar="W", help="guidance scale (default: 2.0)")
     parser.add_argument(
-        "--samples", type=positive_int, default=1, metavar="N", help="images per pose (default: 1; the paper draws 4)"
+        "--samples",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="images per pose (default: 1, as the reference's test script; its validation draws 4)",
     )
     parser.add_argument("--no-fusion", action="store_true", help="sample without the stage-1 fusion branch (two-branch guidance)")
+    add_scheduler_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(run=run_generate)
 
@@ -79,6 +90,7 @@ def run_generate(args: argparse.Namespace) -> None:
         guidance_scale=args.guidance,
         num_images_per_prompt=args.samples,
         use_fusion=not args.no_fusion,
+        scheduler=args.scheduler,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     for name, images in zip(output_names(args.pose), images_per_pose, strict=True):

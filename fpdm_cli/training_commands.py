@@ -15,6 +15,8 @@ from fpdm_cli.arguments import (
     TRAIN_OPTIONS,
     add_common_train_options,
     add_device_argument,
+    add_scheduler_argument,
+    fraction,
     given_options,
     non_negative_int,
     positive_float,
@@ -97,7 +99,8 @@ def register_train(subparsers) -> None:
         argument_default=argparse.SUPPRESS,
         help="train the stage-1 fusion model",
         description="Train the stage-1 fusion model (FPDM.md, Stage 1). Options left out take "
-        f"model_core.training's defaults (batch 48, lr 1e-5, as FPDM.md gives them). {prints}",
+        "model_core.training's defaults (batch 48, lr 1e-5, the reference's; docs/models-and-training.md lists "
+        f"every default and its source). {prints}",
     )
     fusion.add_argument("--model", required=True, help="preset name or model directory to start from")
     add_common_train_options(fusion)
@@ -108,8 +111,11 @@ def register_train(subparsers) -> None:
         argument_default=argparse.SUPPRESS,
         help="train the stage-2 diffusion model",
         description="Train the stage-2 diffusion model (FPDM.md, Stage 2) with the VAE, source encoder and fusion "
-        "model frozen. Options left out take model_core.training's defaults (batch 42 with 3 "
-        f"accumulation steps, lr 1e-4 with warm-up, as FPDM.md gives them). {prints}",
+        "model frozen. Options left out take model_core.training's defaults: the reference's recipe (batch 42 "
+        "with 3 accumulation steps, lr 1e-4 with warm-up, x0.1 late in the run, no weight decay, no clipping; "
+        "keypoint jitter, flips, source = target pairs and low-resolution sources), except that condition "
+        "dropout is drawn per sample, not per batch; docs/models-and-training.md lists every default and its "
+        f"source. {prints}",
     )
     diffusion.add_argument("--model", required=True, help="model directory (or preset) to start from")
     diffusion.add_argument(
@@ -120,8 +126,16 @@ def register_train(subparsers) -> None:
         "--grad-accum", dest="gradient_accumulation", type=positive_int, metavar="N", help="gradient accumulation steps"
     )
     diffusion.add_argument(
-        "--warmup-steps", dest="warmup_steps", type=non_negative_int, metavar="N",
-        help="linear learning-rate warm-up (default 500; lower it for short runs)",
+        "--warmup-fraction", dest="warmup_fraction", type=fraction, metavar="F",
+        help="linear learning-rate warm-up over this share of the steps (default 0.05: the reference's 5 of 100 epochs)",
+    )  # fmt: skip
+    diffusion.add_argument(
+        "--lr-decay-at", dest="lr_decay_at", type=fraction, metavar="F",
+        help="the learning rate drops x0.1 from this share of the steps on (default 0.55: the reference's epoch 55 of 100)",
+    )  # fmt: skip
+    diffusion.add_argument(
+        "--no-augmentation", dest="no_augmentation", action="store_true",
+        help="train on the pairs as they are, without the reference's augmentations",
     )  # fmt: skip
     add_common_train_options(diffusion)
     diffusion.set_defaults(run=run_train_diffusion)
@@ -144,7 +158,12 @@ def run_train_fusion(args: argparse.Namespace) -> None:
 def run_train_diffusion(args: argparse.Namespace) -> None:
     from model_core.training import train_diffusion
 
-    result = train_diffusion(args.model, args.pairs, args.out, **given_options(args, TRAIN_DIFFUSION_OPTIONS))
+    options = given_options(args, TRAIN_DIFFUSION_OPTIONS)
+    if getattr(args, "no_augmentation", False):
+        from model_core.augmentation import Augmentation
+
+        options["augmentation"] = Augmentation.off()
+    result = train_diffusion(args.model, args.pairs, args.out, **options)
     print_training_summary("diffusion", result)
 
 
@@ -176,6 +195,7 @@ def register_eval(subparsers) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="pair i is sampled with seed + i (default 0)")
     parser.add_argument("--batch-size", dest="batch_size", type=positive_int, default=8, help="pairs per model call (default 8)")
     parser.add_argument("--limit", type=positive_int, help="only the first N pairs")
+    add_scheduler_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result, with every pair's scores, as JSON")
     parser.set_defaults(run=run_eval)
@@ -184,7 +204,7 @@ def register_eval(subparsers) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     from model_core.evaluation import METRICS, evaluate_pairs
     from model_core.pipeline_fpdm import FPDMPipeline
-    from model_core.training import read_pairs
+    from model_core.training_data import read_pairs
 
     pairs = read_pairs(args.pairs)[: args.limit]
     # The baseline needs only a frame to compare in: the tiny preset's, unless a model is named.
@@ -192,6 +212,7 @@ def run_eval(args: argparse.Namespace) -> None:
     result = evaluate_pairs(
         pipe, pairs, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
         use_fusion=not args.no_fusion, batch_size=args.batch_size, copy_source=args.copy_source,
+        scheduler=args.scheduler,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

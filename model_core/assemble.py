@@ -3,22 +3,20 @@
 `assemble` takes the three public starting points of FPDM.md and writes a model directory
 (the `FPDMPipeline.save_pretrained` format) that training starts from:
 
-- a Stable Diffusion 2.1 diffusers folder (unet/, vae/, scheduler/): the UNet gets the FPDM
-  projection class embedding (new, randomly initialised) and keeps every SD weight; the VAE
-  and the scheduler are taken as they are;
+- a Stable Diffusion 2.1 diffusers folder (unet/, vae/, scheduler/): the UNet keeps every SD
+  weight and gets the preset's class embedding for the fusion embedding (`identity`, fed by a
+  new fusion projector; `projection`, new inside the UNet, for presets of the first layout);
+  the VAE is taken as it is, and the scheduler's noise schedule under the preset's sampler
+  class (DDPMScheduler, as the reference samples);
 - an open_clip CLIP checkpoint file: its `visual.*` tower becomes the fusion image encoder
-  (the Combiner is new);
+  (the Combiner is new), with the activation it was trained with (`clip_activation`);
 - a timm checkpoint file of the source encoder (DINOv2 ViT as timm names it, or an open_clip
   timm tower under `visual.trunk.`), its position embedding resampled to the preset's size.
 
-The source projector and the pose embedding are new, from the preset. Foreign files are read
-as safetensors or with `torch.load(weights_only=True)`: nothing from outside is unpickled
-beyond plain tensors and containers. Every bad input is an `InputError` naming the file or
-the part.
-
-Just over 500 lines, on purpose: one procedure with the checks that make each of three foreign
-checkpoint formats safe to load (strict key checks, shape checks, pickle-free reading), read top
-to bottom; split, each check would sit away from the step it guards.
+The source projector, the pose embedding and the fusion projector are new, from the preset.
+Foreign files are read by `checkpoint_files`: as safetensors or with
+`torch.load(weights_only=True)`, so nothing from outside is unpickled beyond plain tensors and
+containers, and loaded strictly. Every bad input is an `InputError` naming the file or the part.
 """
 
 from __future__ import annotations
@@ -32,22 +30,26 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from timm.layers import resample_abs_pos_embed
 
+from .checkpoint_files import (
+    check_checkpoint_file,
+    iter_tensors,
+    listed,
+    load_strict,
+    raise_on_key_problems,
+    read_checkpoint,
+)
 from .errors import InputError
 from .fusion import FusionModel
 from .pipeline_fpdm import FPDMPipeline
 from .presets import preset_config
-from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector
+from .schedulers import load_scheduler, scheduler_named
+from .stage2 import FusionProjector, PoseEmbedding, SourceEncoder, SourceProjector, time_embedding_width
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-# Containers that training scripts wrap a state dict in, unwrapped in this order.
-WRAPPER_KEYS = ("state_dict", "model", "module")
 CLASS_EMBEDDING_PREFIX = "class_embedding."
 # diffusers' file names for a model folder's weights, in the order diffusers prefers them.
 DIFFUSERS_WEIGHTS = (
@@ -56,7 +58,6 @@ DIFFUSERS_WEIGHTS = (
     ("diffusion_pytorch_model.bin", False),
     ("diffusion_pytorch_model.bin.index.json", False),
 )
-MAX_LISTED_KEYS = 6
 
 
 def assemble(
@@ -71,17 +72,20 @@ def assemble(
     """Write a model directory at `out` from public SD 2.1, open_clip CLIP and timm checkpoints.
 
     `preset` gives the FPDM-specific parts (fusion Combiner, source encoder architecture,
-    source projector, pose embedding, resolution); the UNet, VAE and scheduler come from
-    `sd_dir`. `quick_gelu` overrides the preset's fusion-encoder activation: OpenAI's CLIP
-    weights were trained with QuickGELU (open_clip's `-quickgelu` models), LAION's with GELU;
-    the file cannot tell which. `out` must not exist yet (or be an empty folder); it is
-    written completely or not at all. Returns `out`.
+    source projector, pose embedding, fusion projector, resolution); the UNet, VAE and noise
+    schedule come from `sd_dir`.
+
+    The CLIP tower gets the activation its weights were trained with: QuickGELU for OpenAI's,
+    GELU for LAION's and most others. `clip_activation` reads it from what ships with the
+    weights; `quick_gelu` states it where nothing does, and a `quick_gelu` that contradicts the
+    checkpoint is refused. The fusion config records the activation and how it was decided.
+
+    `out` must not exist yet (or be an empty folder); it is written completely or not at all.
+    Returns `out`.
     """
     out, sd_dir = Path(out), Path(sd_dir)
     clip_checkpoint, source_checkpoint = Path(clip_checkpoint), Path(source_checkpoint)
     config = preset_config(preset)
-    if quick_gelu is not None:
-        config["fusion"]["quick_gelu"] = bool(quick_gelu)
     # Recorded in the fusion config so that a model knows its CLIP is pretrained (QC uses it).
     config["fusion"]["clip_weights"] = clip_checkpoint.name
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -92,9 +96,15 @@ def assemble(
     unet_config = _with_defaults(UNet2DConditionModel, _read_json(unet_dir / "config.json"))
     vae_config = _with_defaults(AutoencoderKL, _read_json(vae_dir / "config.json"))
     for path in (clip_checkpoint, source_checkpoint):
-        _check_checkpoint_file(path)
+        check_checkpoint_file(path)
     sample_size = _check_parts_fit(config, unet_config, vae_config, sd_dir)
-    scheduler = _load_scheduler(scheduler_dir)
+    scheduler = scheduler_named(config["scheduler"]["_class_name"], load_scheduler(scheduler_dir).config)
+
+    clip_state = read_checkpoint(clip_checkpoint)
+    clip_tower = _clip_tower_state(clip_checkpoint, clip_state)  # is it a CLIP at all, before which activation
+    config["fusion"]["quick_gelu"], config["fusion"]["quick_gelu_evidence"] = _decided_quick_gelu(
+        quick_gelu, clip_checkpoint, clip_state
+    )
 
     with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's RNG is left alone
         torch.manual_seed(config.get("seed", 0))
@@ -102,14 +112,16 @@ def assemble(
         source_encoder = SourceEncoder(**config["source_encoder"])
         source_projector = SourceProjector(**config["source_projector"])
         pose_embedding = PoseEmbedding(**config["pose_embedding"])
+        fusion_projector = FusionProjector(**config["fusion_projector"]) if "fusion_projector" in config else None
         # The encoders' checkpoints first: they are smaller than the UNet, so a wrong file fails sooner.
-        _load_clip_tower(fusion, clip_checkpoint)
+        load_strict(fusion.image_encoder, clip_tower, clip_checkpoint, "the fusion image encoder (open_clip visual tower)")
         _load_source_encoder(source_encoder, source_checkpoint)
-        unet = _load_unet(unet_dir, config["fusion"]["embed_dim"], sample_size)
+        unet = _load_unet(unet_dir, config["unet"], sample_size)
         vae = _load_vae(vae_dir)
 
     pipe = FPDMPipeline(
         fusion=fusion,
+        fusion_projector=fusion_projector,
         source_encoder=source_encoder,
         source_projector=source_projector,
         pose_embedding=pose_embedding,
@@ -181,6 +193,18 @@ def _check_parts_fit(config: dict, unet_config: dict, vae_config: dict, sd_dir: 
             f"the source projector's in_dim {projector['in_dim']} is not the source encoder's width {encoder_width} "
             f"({config['source_encoder']['timm_model']})"
         )
+    fusion_projector = config.get("fusion_projector")
+    if fusion_projector is not None:
+        width = time_embedding_width(unet_config)
+        if fusion_projector["out_dim"] != width:
+            problems.append(
+                f"the fusion projector's out_dim {fusion_projector['out_dim']} is not the UNet's time-embedding width {width}"
+            )
+        if fusion_projector["in_dim"] != config["fusion"]["embed_dim"]:
+            problems.append(
+                f"the fusion projector's in_dim {fusion_projector['in_dim']} is not the fusion embedding's width "
+                f"{config['fusion']['embed_dim']}"
+            )
     latent_channels = vae_config.get("latent_channels")
     if latent_channels != unet_config.get("in_channels") or latent_channels != unet_config.get("out_channels"):
         problems.append(
@@ -227,14 +251,17 @@ def _quiet_diffusers() -> Iterator[None]:
         diffusers_logging.set_verbosity(verbosity)
 
 
-def _load_unet(unet_dir: Path, class_embed_dim: int, sample_size: list[int]) -> UNet2DConditionModel:
+def _load_unet(unet_dir: Path, preset_unet: dict, sample_size: list[int]) -> UNet2DConditionModel:
+    """SD's UNet with the preset's class embedding: `identity` has no weights (the fusion
+    projector is a part of its own); `projection` has new ones, initialised here."""
     files, safetensors = _weights_files(unet_dir)
+    class_embed_type = preset_unet["class_embed_type"]
     try:
         with _quiet_diffusers():
             unet, info = UNet2DConditionModel.from_pretrained(
                 unet_dir,
-                class_embed_type="projection",
-                projection_class_embeddings_input_dim=class_embed_dim,
+                class_embed_type=class_embed_type,
+                projection_class_embeddings_input_dim=preset_unet.get("projection_class_embeddings_input_dim"),
                 sample_size=sample_size,
                 use_safetensors=safetensors,
                 low_cpu_mem_usage=False,
@@ -244,10 +271,10 @@ def _load_unet(unet_dir: Path, class_embed_dim: int, sample_size: list[int]) -> 
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise InputError(f"{unet_dir}: the UNet could not be loaded ({exc})") from None
     new_keys = {key for key in unet.state_dict() if key.startswith(CLASS_EMBEDDING_PREFIX)}
-    if not new_keys:
-        raise InputError(f"{unet_dir}/config.json: the UNet did not take a projection class embedding")
+    if unet.config.class_embed_type != class_embed_type or (class_embed_type == "projection" and not new_keys):
+        raise InputError(f"{unet_dir}/config.json: the UNet did not take a {class_embed_type!r} class embedding")
     missing = set(info["missing_keys"]) - new_keys
-    _raise_on_key_problems(
+    raise_on_key_problems(
         unet_dir / files[0].name if len(files) == 1 else unet_dir,
         "the UNet",
         missing,
@@ -269,7 +296,7 @@ def _verify_unet_weights(unet: UNet2DConditionModel, files: list[Path], safetens
     expected = {key: value for key, value in unet.state_dict().items() if key not in new_keys}
     seen = set()
     for path in files:
-        for key, tensor in _iter_tensors(path, safetensors):
+        for key, tensor in iter_tensors(path, safetensors):
             if key in new_keys:
                 raise InputError(f"{path}: already has the class-embedding weight {key!r}; this is not a plain SD UNet")
             if key not in expected:
@@ -279,26 +306,10 @@ def _verify_unet_weights(unet: UNet2DConditionModel, files: list[Path], safetens
             seen.add(key)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise InputError(f"{files[0].parent}: the UNet weights lack {_listed(missing)}; diffusers would leave them uninitialised")
+        raise InputError(f"{files[0].parent}: the UNet weights lack {listed(missing)}; diffusers would leave them uninitialised")
     for key in new_keys:
         if not torch.isfinite(unet.state_dict()[key]).all():  # pragma: no cover - guards the initialisation above
             raise RuntimeError(f"UNet class embedding {key} is not finite after initialisation")
-
-
-def _iter_tensors(path: Path, safetensors: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    if safetensors:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in handle.keys():
-                    yield key, handle.get_tensor(key)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable foreign file is bad input
-            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
-        return
-    yield from _state_dict(path, _torch_load(path, mmap=True)).items()
 
 
 def _load_vae(vae_dir: Path) -> AutoencoderKL:
@@ -310,7 +321,7 @@ def _load_vae(vae_dir: Path) -> AutoencoderKL:
             )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise InputError(f"{vae_dir}: the VAE could not be loaded ({exc})") from None
-    _raise_on_key_problems(
+    raise_on_key_problems(
         vae_dir,
         "the VAE",
         set(info["missing_keys"]),
@@ -320,138 +331,74 @@ def _load_vae(vae_dir: Path) -> AutoencoderKL:
     return vae
 
 
-def _load_scheduler(scheduler_dir: Path):
-    config_file = scheduler_dir / "scheduler_config.json"
-    class_name = _read_json(config_file).get("_class_name")
-    scheduler_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
-    if scheduler_class is None or not hasattr(scheduler_class, "from_pretrained"):
-        raise InputError(f"{config_file}: unknown diffusers scheduler class {class_name!r}")
-    try:
-        return scheduler_class.from_pretrained(scheduler_dir, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{config_file}: the scheduler could not be built ({exc})") from None
-
-
-# ----- foreign checkpoint files ----------------------------------------------------------
-
-
-def _check_checkpoint_file(path: Path) -> None:
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file")
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise InputError(f"{path}: not a checkpoint file kind this reads ({', '.join(CHECKPOINT_SUFFIXES)})")
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file, or from a torch file read with
-    `weights_only=True` (tensors and plain containers only), unwrapped from
-    {"state_dict": ...}-style containers and DDP's "module." prefixes."""
-    path = Path(path)
-    _check_checkpoint_file(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any unreadable foreign file is bad input
-            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
-    else:
-        data = _torch_load(path)
-    return _state_dict(path, data)
-
-
-def _torch_load(path: Path, mmap: bool = False):
-    if mmap:  # zip-format files only; anything else is read the ordinary way below
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001
-            pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - refused (arbitrary objects) or unreadable: bad input either way
-        raise InputError(f"{path}: refused: {_torch_load_reason(exc)}") from None
-
-
-def _torch_load_reason(exc: Exception) -> str:
-    """torch's message, without its advice to retry with weights_only=False (never do that here)."""
-    message = str(exc)
-    if "TorchScript" in message:
-        return (
-            "a TorchScript archive (like OpenAI's original CLIP release) is not a state dict; "
-            "use a plain state-dict checkpoint (open_clip publishes open_clip_pytorch_model.bin)"
-        )
-    if "Weights only load failed" in message:
-        detail = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else ""
-        detail = " ".join(detail.split("Check the documentation")[0].split("Please use `torch.serialization")[0].split())
-        return (
-            "the file pickles objects other than tensors, and torch.load(weights_only=True) does not unpickle "
-            "them (arbitrary objects are never loaded)" + (f": {detail}" if detail else "")
-        )
-    first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-    return f"not a readable torch checkpoint with torch.load(weights_only=True) ({first_line})"
-
-
-def _state_dict(path: Path, data) -> dict[str, torch.Tensor]:
-    for _ in range(3):
-        if isinstance(data, Mapping) and not all(isinstance(v, torch.Tensor) for v in data.values()):
-            wrapped = next((data[key] for key in WRAPPER_KEYS if isinstance(data.get(key), Mapping)), None)
-            if wrapped is None:
-                break
-            data = wrapped
-    if not isinstance(data, Mapping):
-        raise InputError(f"{path}: holds a {type(data).__name__}, not a state dict")
-    tensors = {
-        (key[len("module.") :] if key.startswith("module.") else key): value
-        for key, value in data.items()
-        if isinstance(key, str) and isinstance(value, torch.Tensor)
-    }
-    if not tensors:
-        raise InputError(f"{path}: no tensors found (expected a state dict, maybe under 'state_dict')")
-    return tensors
-
-
-def _listed(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:MAX_LISTED_KEYS])
-    return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > MAX_LISTED_KEYS else "")
-
-
-def _raise_on_key_problems(path: Path, part: str, missing, unexpected, mismatched: list[str]) -> None:
-    problems = []
-    if missing:
-        problems.append(f"missing {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_listed(unexpected)}")
-    if mismatched:
-        shown = "; ".join(sorted(mismatched)[:MAX_LISTED_KEYS])
-        problems.append(f"{len(mismatched)} shape mismatch(es): {shown}" + ("; ..." if len(mismatched) > MAX_LISTED_KEYS else ""))
-    if problems:
-        raise InputError(f"{path}: does not fit {part}: " + "; ".join(problems))
-
-
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
-    expected = module.state_dict()
-    mismatched = [
-        f"{key}: file {tuple(state[key].shape)}, model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    _raise_on_key_problems(path, part, set(expected) - set(state), set(state) - set(expected), mismatched)
-    module.load_state_dict(state, strict=True)
-
-
 # ----- the fusion encoder (open_clip) ------------------------------------------------------
 
 
-def _load_clip_tower(fusion: FusionModel, path: Path) -> None:
-    state = read_checkpoint(path)
+# Keys of OpenAI's own CLIP state dicts (as in their release) that open_clip drops when it
+# converts one (open_clip.model.build_model_from_openai_state_dict): a file with them is OpenAI's.
+OPENAI_LAYOUT_KEYS = ("input_resolution", "context_length", "vocab_size")
+# What open_clip's hub repositories ship beside the weights; open_clip builds the model from its
+# model_cfg, quick_gelu included (false when absent, open_clip's default).
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+
+
+def clip_activation(path: Path, state: Mapping[str, torch.Tensor]) -> tuple[bool | None, str]:
+    """Whether the CLIP checkpoint at `path` was trained with QuickGELU, and the evidence.
+
+    The weights alone cannot say: GELU and QuickGELU towers have the same tensors, and a
+    tower's output on any input looks plausible under either (they differ by at most 0.02 per
+    unit), so there is nothing to compare it against. The evidence is what ships with them:
+    1. OpenAI's own layout (OPENAI_LAYOUT_KEYS): QuickGELU, which every OpenAI CLIP was
+       trained with;
+    2. an open_clip_config.json beside the file, as open_clip's hub repositories ship it: its
+       model_cfg.quick_gelu.
+    None (undecided) when neither is there: open_clip-format files of OpenAI and LAION weights
+    are otherwise alike.
+    """
+    if all(key in state for key in OPENAI_LAYOUT_KEYS):
+        return True, f"OpenAI's CLIP layout ({', '.join(OPENAI_LAYOUT_KEYS)} keys): OpenAI's CLIPs use QuickGELU"
+    config_file = path.parent / OPEN_CLIP_CONFIG
+    if config_file.is_file():
+        model_cfg = _read_json(config_file).get("model_cfg")
+        if not isinstance(model_cfg, dict):
+            raise InputError(f"{config_file}: no model_cfg object (open_clip's hub config has one)")
+        embed_dim, proj = model_cfg.get("embed_dim"), state.get("visual.proj")
+        if embed_dim is not None and proj is not None and proj.shape[-1] != embed_dim:
+            raise InputError(
+                f"{config_file}: describes a CLIP with embed_dim {embed_dim}, but {path.name} projects to {proj.shape[-1]}"
+            )
+        value = bool(model_cfg.get("quick_gelu", False))
+        return value, f"{OPEN_CLIP_CONFIG} beside it: model_cfg.quick_gelu {'true' if value else 'false (unset)'}"
+    return None, f"no OpenAI layout keys ({', '.join(OPENAI_LAYOUT_KEYS)}) and no {OPEN_CLIP_CONFIG} beside it"
+
+
+def _decided_quick_gelu(asked: bool | None, path: Path, state: Mapping[str, torch.Tensor]) -> tuple[bool, str]:
+    detected, evidence = clip_activation(path, state)
+    flag = "--quick-gelu" if asked else "--no-quick-gelu"
+    if detected is None:
+        if asked is None:
+            raise InputError(
+                f"{path}: cannot tell whether this CLIP was trained with QuickGELU or GELU ({evidence}); "
+                "OpenAI's weights use QuickGELU: pass --quick-gelu; LAION's and most others GELU: pass --no-quick-gelu "
+                "(the wrong one degrades every fusion embedding, silently)"
+            )
+        return bool(asked), f"stated when assembling ({flag}); the checkpoint does not say"
+    if asked is not None and bool(asked) != detected:
+        raise InputError(
+            f"{path}: {flag} contradicts the checkpoint, which was trained with {'QuickGELU' if detected else 'GELU'} "
+            f"({evidence}); leave the flag out"
+        )
+    return detected, evidence
+
+
+def _clip_tower_state(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     visual = {key[len("visual.") :]: value for key, value in state.items() if key.startswith("visual.")}
     if not visual:
         hint = ""
         if any(key.startswith("vision_model.") for key in state):
             hint = " (this looks like a Hugging Face transformers CLIP checkpoint; use open_clip's open_clip_pytorch_model.bin)"
         raise InputError(f"{path}: no 'visual.*' weights: not an open_clip CLIP checkpoint{hint}")
-    _load_strict(fusion.image_encoder, visual, path, "the fusion image encoder (open_clip visual tower)")
+    return visual
 
 
 # ----- the source encoder (timm) -----------------------------------------------------------
@@ -472,7 +419,7 @@ def _load_source_encoder(encoder: SourceEncoder, path: Path) -> None:
         state = {key: value for key, value in state.items() if not key.startswith("fc_norm.")}
     if "pos_embed" in state and getattr(backbone, "pos_embed", None) is not None:
         state["pos_embed"] = _resampled_pos_embed(backbone, state["pos_embed"], path)
-    _load_strict(backbone, state, path, f"the source encoder ({encoder.config.timm_model})")
+    load_strict(backbone, state, path, f"the source encoder ({encoder.config.timm_model})")
 
 
 def _resampled_pos_embed(backbone: torch.nn.Module, pos_embed: torch.Tensor, path: Path) -> torch.Tensor:

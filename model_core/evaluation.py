@@ -34,7 +34,7 @@ from PIL import Image
 
 from .images import ModelGeometry, load_image, srgb_to_lab
 from .keypoints import Keypoints, read_keypoints
-from .training import Pair
+from .training_data import Pair
 
 METRICS = ("ssim", "psnr", "colour_error", "pose_accuracy", "figure_iou")
 BACKGROUND_DISTANCE = 12.0  # Lab units from the border colour that make a pixel part of the figure
@@ -165,10 +165,12 @@ def evaluate_pairs(
     use_fusion: bool = True,
     batch_size: int = 8,
     copy_source: bool = False,
+    scheduler: str | None = None,
 ) -> Evaluation:
     """Generate every pair (or, with copy_source, take the source photo as the answer: the
     baseline any pose transfer must beat) and score it against its target. The pipe gives the
-    frame (and, unless copy_source, the images); seeds are `seed + pair index`."""
+    frame (and, unless copy_source, the images); seeds are `seed + pair index`; `scheduler`
+    names a diffusers scheduler class to sample with instead of the model's own."""
     geometry: ModelGeometry = pipe.geometry
     photos: dict[str, object] = {}  # a catalog's pairs share photos: each is read once
 
@@ -204,6 +206,7 @@ def evaluate_pairs(
                     num_inference_steps=steps,
                     guidance_scale=guidance_scale,
                     use_fusion=use_fusion,
+                    scheduler=scheduler,
                 )
             generated += [candidates[0] for candidates in images]
         method = "fpdm" if use_fusion and pipe.uses_fusion else "stage 2 only"

@@ -59,11 +59,14 @@ class FusionModel(ModelMixin, ConfigMixin):
         image_mean: tuple[float, ...] = OPENAI_DATASET_MEAN,
         image_std: tuple[float, ...] = OPENAI_DATASET_STD,
         clip_weights: str | None = None,
+        quick_gelu_evidence: str | None = None,
     ):
         """clip_weights: file name of the pretrained CLIP checkpoint the image encoder was
         loaded from (set by `assemble`), None for a random initialisation. It is provenance
         only, kept in config.json: QC trusts CLIP similarities only from a pretrained encoder,
-        and the weights file alone cannot tell a trained encoder from a random one."""
+        and the weights file alone cannot tell a trained encoder from a random one.
+        quick_gelu_evidence: how `assemble` decided `quick_gelu` (the activation the CLIP
+        weights were trained with), also provenance only."""
         super().__init__()
         vision_cfg = dict(vision_cfg or {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14})
         self.image_encoder = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)

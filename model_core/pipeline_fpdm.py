@@ -5,11 +5,17 @@ component with its JSON config and safetensors weights:
 
     model_index.json     name, resolution, format version, components present
     fusion/              stage 1 (absent in a stage-2-only model)
+    fusion_projector/    fusion embedding -> time-embedding vector (format 2; absent in format 1)
     source_encoder/      frozen appearance encoder (timm ViT)
     source_projector/    tokens -> cross-attention context
     pose_embedding/      skeleton -> conv_in residual
     unet/ vae/           stock diffusers UNet2DConditionModel / AutoencoderKL
     scheduler/           any diffusers scheduler (swappable: its config names its class)
+
+Format 1 fed the fusion embedding to the UNet's own `projection` class embedding; format 2 adds
+the `fusion_projector` part (the reference's mlp head) before an `identity` class embedding.
+Both load. A directory is written with the oldest format that describes it, so a model without
+a fusion projector (format 1 models, stage-2-only models) keeps its files, and its checksum.
 
 Nothing is pickled and nothing is fetched from a hub: `from_pretrained` reads a local
 directory or builds a named preset.
@@ -23,24 +29,34 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from . import schedulers
 from .errors import InputError
 from .fusion import FusionModel
 from .images import PHOTO_FILL, SKELETON_FILL, ModelGeometry, pil_to_tensor, square_encoder_input, tensor_to_pil
 from .keypoints import Keypoints
 from .presets import PRESETS, ModelKind, ModelSource, resolve_model
-from .stage2 import PoseEmbedding, SourceEncoder, SourceProjector, denoise, uses_fusion
+from .stage2 import (
+    FusionProjector,
+    PoseEmbedding,
+    SourceEncoder,
+    SourceProjector,
+    check_fusion_wiring,
+    denoise,
+    uses_fusion,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MODEL_INDEX = "model_index.json"
 NEURAL_COMPONENTS = {
     "fusion": FusionModel,
+    "fusion_projector": FusionProjector,
     "source_encoder": SourceEncoder,
     "source_projector": SourceProjector,
     "pose_embedding": PoseEmbedding,
@@ -140,11 +156,12 @@ class FPDMPipeline:
         scheduler,
         resolution: tuple[int, int],
         fusion: FusionModel | None = None,
+        fusion_projector: FusionProjector | None = None,
         name: str = "custom",
     ):
-        if uses_fusion(unet) and fusion is None:
-            raise InputError("the UNet has a class embedding for the fusion embedding, but the model has no fusion part")
+        check_fusion_wiring(unet, fusion, fusion_projector)
         self.fusion = fusion
+        self.fusion_projector = fusion_projector
         self.source_encoder = source_encoder
         self.source_projector = source_projector
         self.pose_embedding = pose_embedding
@@ -167,16 +184,18 @@ class FPDMPipeline:
         unet_config = dict(config["unet"])
         if stage2_only:
             unet_config.update(class_embed_type=None, projection_class_embeddings_input_dim=None)
+        has_projector = not stage2_only and "fusion_projector" in config
         scheduler_config = dict(config["scheduler"])
-        scheduler_class = _scheduler_class(scheduler_config.pop("_class_name"))
+        scheduler_class = schedulers.scheduler_class(scheduler_config.pop("_class_name"))
         return cls(
             fusion=None if stage2_only else FusionModel(**config["fusion"]),
+            fusion_projector=FusionProjector(**config["fusion_projector"]) if has_projector else None,
             source_encoder=SourceEncoder(**config["source_encoder"]),
             source_projector=SourceProjector(**config["source_projector"]),
             pose_embedding=PoseEmbedding(**config["pose_embedding"]),
             unet=UNet2DConditionModel(**unet_config),
             vae=AutoencoderKL(**config["vae"]),
-            scheduler=scheduler_class(**scheduler_config),
+            scheduler=scheduler_class.from_config(scheduler_config),
             resolution=tuple(config["resolution"]),
             name=config["name"],
         )
@@ -209,14 +228,18 @@ class FPDMPipeline:
             raise InputError(f"{index_file}: unreadable ({exc})") from None
         if not isinstance(index, dict) or "resolution" not in index:
             raise InputError(f"{index_file}: no 'resolution' field")
-        if index.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{index_file}: format_version {index.get('format_version')!r}, expected {FORMAT_VERSION}")
+        version = index.get("format_version")
+        if version not in READABLE_FORMAT_VERSIONS:
+            raise InputError(
+                f"{index_file}: format_version {version!r}; this version of the code reads "
+                f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (a newer one wrote it?)"
+            )
         parts = {}
         for part in index.get("components", []):
             if part == "scheduler":
                 continue
-            if part not in NEURAL_COMPONENTS:
-                raise InputError(f"{index_file}: unknown component {part!r}")
+            if part not in NEURAL_COMPONENTS or (part == "fusion_projector" and version < 2):
+                raise InputError(f"{index_file}: unknown component {part!r} for format_version {version}")
             parts[part] = _load_component(path, part)
         for required in ("source_encoder", "source_projector", "pose_embedding", "unet", "vae"):
             if required not in parts:
@@ -243,7 +266,8 @@ class FPDMPipeline:
         self.scheduler.save_pretrained(path / "scheduler")
         index = {
             "_class_name": type(self).__name__,
-            "format_version": FORMAT_VERSION,
+            # The oldest format that describes the directory (see the module docstring).
+            "format_version": FORMAT_VERSION if self.fusion_projector is not None else 1,
             "name": self.name,
             "resolution": [self.geometry.height, self.geometry.width],
             "components": [*self.modules(), "scheduler"],
@@ -254,6 +278,7 @@ class FPDMPipeline:
     def modules(self) -> dict[str, torch.nn.Module]:
         parts = {
             "fusion": self.fusion,
+            "fusion_projector": self.fusion_projector,
             "source_encoder": self.source_encoder,
             "source_projector": self.source_projector,
             "pose_embedding": self.pose_embedding,
@@ -353,10 +378,8 @@ class FPDMPipeline:
             pose_in = torch.cat([no_pose, pose_residual])
             fusion_in = None
             if self.uses_fusion:  # a full model run without stage 1: its fusion input stays zero
-                fusion_in = torch.zeros(
-                    2 * n, self.unet.config.projection_class_embeddings_input_dim, device=latents.device, dtype=latents.dtype
-                )
-        noise = denoise(self.unet, latents.repeat(branches, 1, 1, 1), t, context_in, pose_in, fusion_in)
+                fusion_in = torch.zeros(2 * n, self.fusion.config.embed_dim, device=latents.device, dtype=latents.dtype)
+        noise = denoise(self.unet, latents.repeat(branches, 1, 1, 1), t, context_in, pose_in, fusion_in, self.fusion_projector)
         if branches == 3:
             e_u, e_s, e_f = noise.chunk(3)
             return three_branch_guidance(e_u, e_s, e_f, guidance_scale)
@@ -374,6 +397,7 @@ class FPDMPipeline:
         num_images_per_prompt: int = 1,
         use_fusion: bool = True,
         output_type: str = "pil",
+        scheduler: str | None = None,
     ) -> list[list[Image.Image]] | torch.Tensor:
         """Generate `num_images_per_prompt` images for each job (sources[i], poses[i], seeds[i]).
 
@@ -381,6 +405,11 @@ class FPDMPipeline:
         so an image depends only on its job and settings, never on what else is in the batch.
         Returns one list of PIL images per job (or a (jobs, samples, 3, H, W) tensor in [-1, 1]
         with output_type="pt").
+
+        `scheduler` names a diffusers scheduler class to sample with instead of the model's own
+        (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, ...), built from the model's
+        scheduler config so the noise schedule and prediction type carry over; the model keeps
+        its own.
         """
         if not (len(sources) == len(poses) == len(seeds)):
             raise ValueError("sources, poses and seeds must have one entry per job")
@@ -410,13 +439,15 @@ class FPDMPipeline:
         latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         latents = latents.to(self.device, self.dtype)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = latents * self.scheduler.init_noise_sigma
-        step_kwargs = {"generator": generators} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        for t in self.scheduler.timesteps:
-            model_input = self.scheduler.scale_model_input(latents, t)
+        scheduler = self.scheduler if scheduler is None else schedulers.scheduler_named(scheduler, self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        latents = latents * scheduler.init_noise_sigma
+        # Stochastic samplers (DDPM) draw their step noise from the jobs' own generators too.
+        step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(latents, t)
             noise = self.predict_noise(model_input, t, context, pose_residual, fusion, guidance_scale)
-            latents = self.scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+            latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
 
         latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
         images = self.vae.decode(latents).sample.float().clamp(-1, 1)
@@ -430,13 +461,6 @@ class FPDMPipeline:
         encoding = self.encode_source(source)
         pose_encodings = [self.encode_pose(p) for p in poses]
         return self([encoding] * len(poses), pose_encodings, [seed] * len(poses), **kwargs)
-
-
-def _scheduler_class(name: str):
-    scheduler_class = getattr(diffusers, name, None)
-    if scheduler_class is None or not hasattr(scheduler_class, "from_pretrained"):
-        raise InputError(f"unknown diffusers scheduler class {name!r}")
-    return scheduler_class
 
 
 def _load_component(path: Path, part: str) -> torch.nn.Module:
@@ -461,11 +485,6 @@ def _load_component(path: Path, part: str) -> torch.nn.Module:
 
 
 def _load_scheduler(path: Path):
-    config_file = path / "scheduler" / "scheduler_config.json"
-    if not config_file.is_file():
+    if not (path / "scheduler" / "scheduler_config.json").is_file():
         raise InputError(f"{path}: model directory is missing part 'scheduler' (scheduler/scheduler_config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise InputError(f"{config_file}: unreadable ({exc})") from None
-    return _scheduler_class(config.get("_class_name", "DDIMScheduler")).from_pretrained(path / "scheduler")
+    return schedulers.load_scheduler(path / "scheduler", default_class="DDIMScheduler")

@@ -21,14 +21,16 @@ from pathlib import Path
 
 from .errors import InputError
 
-_DDIM_SD = {
-    "_class_name": "DDIMScheduler",
+# Stable Diffusion 2.1's noise schedule (its scheduler/scheduler_config.json) under the sampler
+# the reference swaps in for SD's DDIM: DDPMScheduler (src/diffusion/model.py, `self.pipe.scheduler
+# = DDPMScheduler.from_pretrained(...)`). DDIM and the others stay selectable per run.
+_SD_DDPM = {
+    "_class_name": "DDPMScheduler",
     "num_train_timesteps": 1000,
     "beta_schedule": "scaled_linear",
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "clip_sample": False,
-    "set_alpha_to_one": False,
     "steps_offset": 1,
     "prediction_type": "epsilon",
 }
@@ -49,7 +51,9 @@ TINY = {
         "image_size": 32,
         "timm_overrides": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
     },
-    "source_projector": {"in_dim": 32, "hidden_dim": 32, "out_dim": 64, "dropout": 0.1},
+    "source_projector": {"in_dim": 32, "hidden_dim": 32, "out_dim": 64, "dropout": 0.2},
+    # The reference's mlp head at this size: fusion width -> same -> the UNet's time embedding (4 x 64).
+    "fusion_projector": {"in_dim": 32, "hidden_dim": 32, "out_dim": 256, "dropout": 0.2},
     "pose_embedding": {"out_channels": 64, "block_out_channels": [8, 16, 32, 32]},
     "unet": {
         "sample_size": [8, 6],
@@ -62,8 +66,7 @@ TINY = {
         "cross_attention_dim": 64,
         "attention_head_dim": 8,
         "norm_num_groups": 16,
-        "class_embed_type": "projection",
-        "projection_class_embeddings_input_dim": 32,
+        "class_embed_type": "identity",  # the fusion projector's output is added to the time embedding as it is
     },
     "vae": {
         "in_channels": 3,
@@ -76,7 +79,7 @@ TINY = {
         "norm_num_groups": 8,
         "sample_size": 64,
     },
-    "scheduler": dict(_DDIM_SD),
+    "scheduler": dict(_SD_DDPM),
 }
 
 FPDM_SD21 = {
@@ -86,14 +89,16 @@ FPDM_SD21 = {
     "fusion": {
         "embed_dim": 768,
         "vision_cfg": {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14},
+        "quick_gelu": True,  # OpenAI's ViT-L/14, as the reference uses; `assemble` sets it from the checkpoint
         "projection_dim": 768,
         "hidden_dim": 768,
         "dropout": 0.5,
     },
     "source_encoder": {"timm_model": "vit_large_patch14_dinov2", "image_size": 512},
-    "source_projector": {"in_dim": 1024, "hidden_dim": 768, "out_dim": 1024, "dropout": 0.1},
+    "source_projector": {"in_dim": 1024, "hidden_dim": 768, "out_dim": 1024, "dropout": 0.2},
+    "fusion_projector": {"in_dim": 768, "hidden_dim": 768, "out_dim": 1280, "dropout": 0.2},
     "pose_embedding": {"out_channels": 320, "block_out_channels": [16, 32, 96, 256]},
-    "unet": {  # stabilityai/stable-diffusion-2-1 unet/config.json, plus the class embedding
+    "unet": {  # stabilityai/stable-diffusion-2-1 unet/config.json, plus the class embedding the fusion projector feeds
         "sample_size": [64, 44],
         "in_channels": 4,
         "out_channels": 4,
@@ -105,8 +110,7 @@ FPDM_SD21 = {
         "attention_head_dim": [5, 10, 20, 20],
         "use_linear_projection": True,
         "upcast_attention": True,
-        "class_embed_type": "projection",
-        "projection_class_embeddings_input_dim": 768,
+        "class_embed_type": "identity",
     },
     "vae": {
         "in_channels": 3,
@@ -118,7 +122,7 @@ FPDM_SD21 = {
         "latent_channels": 4,
         "sample_size": 768,
     },
-    "scheduler": dict(_DDIM_SD, prediction_type="v_prediction"),
+    "scheduler": dict(_SD_DDPM, prediction_type="v_prediction"),
 }
 
 # The demo's architecture: tiny's encoders, a VAE that downsamples 4x (16x12 latents keep a

@@ -1,7 +1,9 @@
 """Stage 2: the conditional latent diffusion model's conditioning (FPDM.md, "Stage 2").
 
 The denoiser is a stock diffusers `UNet2DConditionModel`; FPDM conditions it three ways:
-1. fusion embedding -> the UNet's projection class embedding (added to the time embedding);
+1. fusion embedding -> `FusionProjector` (the reference's `mlp` head) -> the UNet's `identity`
+   class embedding, added to the time embedding. Models of the first layout feed the embedding
+   to diffusers' `projection` class embedding instead; they still load and sample as they did;
 2. source patch tokens (frozen encoder) -> `SourceProjector` -> cross-attention context;
 3. target skeleton -> `PoseEmbedding` (ControlNet-style) -> added to the output of `conv_in`.
 `denoise` is the one place that wires the three into a UNet call, for training and sampling.
@@ -17,6 +19,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+
+from .errors import InputError
 
 
 class SourceEncoder(ModelMixin, ConfigMixin):
@@ -54,7 +58,7 @@ class SourceProjector(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, in_dim: int = 1024, hidden_dim: int = 768, out_dim: int = 1024, dropout: float = 0.1):
+    def __init__(self, in_dim: int = 1024, hidden_dim: int = 768, out_dim: int = 1024, dropout: float = 0.2):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
@@ -67,6 +71,32 @@ class SourceProjector(ModelMixin, ConfigMixin):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.layers(tokens)
+
+
+class FusionProjector(ModelMixin, ConfigMixin):
+    """Fusion embedding -> a vector added to the UNet's time embedding: Linear, GELU, Dropout,
+    Linear, Dropout (the reference's `class_embed_type: 'mlp'`, config c1 key class_embed_type).
+
+    It is a part of its own, feeding the UNet's parameter-free `identity` class embedding, so the
+    UNet stays diffusers' stock class (diffusers has no `mlp` class embedding). `out_dim` is the
+    UNet's time-embedding width (1280 for SD 2.1).
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, in_dim: int = 768, hidden_dim: int = 768, out_dim: int = 1280, dropout: float = 0.2):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, out_dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, fusion: torch.Tensor) -> torch.Tensor:
+        return self.layers(fusion)
 
 
 class PoseEmbedding(ModelMixin, ConfigMixin):
@@ -96,19 +126,61 @@ def denoise(
     context: torch.Tensor,
     pose_residual: torch.Tensor,
     fusion: torch.Tensor | None,
+    fusion_projector: FusionProjector | None = None,
 ) -> torch.Tensor:
     """One UNet prediction with the pose residual added to conv_in's output.
 
     A forward hook adds the residual, so the UNet stays the stock diffusers class and loads
-    any SD checkpoint unchanged. `fusion` is the class-embedding input; None for a
-    stage-2-only UNet, which has no class embedding.
+    any SD checkpoint unchanged. `fusion` is the fusion embedding (zeros where a condition is
+    dropped: the projector's output for zeros is what the model learns as "no fusion", as in the
+    reference); None for a stage-2-only UNet, which has no class embedding. `fusion_projector`
+    maps it to the time-embedding width for an `identity` class embedding; None for a
+    `projection` UNet, which projects the embedding itself.
     """
+    class_labels = fusion if fusion_projector is None or fusion is None else fusion_projector(fusion)
     hook = unet.conv_in.register_forward_hook(lambda module, args, output: output + pose_residual.to(output.dtype))
     try:
-        return unet(latents, timesteps, encoder_hidden_states=context, class_labels=fusion).sample
+        return unet(latents, timesteps, encoder_hidden_states=context, class_labels=class_labels).sample
     finally:
         hook.remove()
 
 
+# The UNet class embeddings that carry the fusion embedding: `identity` behind a FusionProjector
+# (the reference's mlp head), `projection` in models of the first layout.
+FUSION_CLASS_EMBEDDINGS = ("identity", "projection")
+
+
 def uses_fusion(unet: UNet2DConditionModel) -> bool:
-    return unet.config.class_embed_type == "projection"
+    return unet.config.class_embed_type in FUSION_CLASS_EMBEDDINGS
+
+
+def time_embedding_width(unet_config) -> int:
+    """The width of a UNet's time embedding, which a class embedding is added to (diffusers'
+    rule: 4x the first block's channels for positional time embeddings, 2x for Fourier ones,
+    unless set)."""
+    config = dict(unet_config)
+    factor = 2 if config.get("time_embedding_type") == "fourier" else 4
+    return config.get("time_embedding_dim") or factor * config["block_out_channels"][0]
+
+
+def check_fusion_wiring(unet: UNet2DConditionModel, fusion, fusion_projector: FusionProjector | None) -> None:
+    """The fusion embedding's path into the UNet is complete and of one layout: a `projection`
+    class embedding alone (format 1), or a fusion projector before an `identity` one."""
+    kind = unet.config.class_embed_type
+    if uses_fusion(unet) and fusion is None:
+        raise InputError("the UNet has a class embedding for the fusion embedding, but the model has no fusion part")
+    if kind == "identity" and fusion_projector is None:
+        raise InputError("the UNet's class embedding is 'identity': the model needs a fusion_projector part to feed it")
+    if fusion_projector is None:
+        return
+    if kind != "identity":
+        raise InputError(
+            f"the model has a fusion_projector part, which feeds an 'identity' class embedding; the UNet's is {kind!r}"
+        )
+    projector, width = fusion_projector.config, time_embedding_width(unet.config)
+    if projector.out_dim != width:
+        raise InputError(f"the fusion projector's out_dim {projector.out_dim} is not the UNet's time-embedding width {width}")
+    if projector.in_dim != fusion.config.embed_dim:
+        raise InputError(
+            f"the fusion projector's in_dim {projector.in_dim} is not the fusion embedding's width {fusion.config.embed_dim}"
+        )

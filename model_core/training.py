@@ -1,8 +1,10 @@
-"""Training both FPDM stages on a pairs CSV (the autoencoder of a small new model: `vae_training`).
+"""Training both FPDM stages on a pairs CSV (`training_data`; the autoencoder of a small new
+model: `vae_training`).
 
-A pairs CSV has the columns `source_image,target_image,target_pose`, paths relative to the
-CSV. Each pair shows one person and garment in two poses: the model learns to turn the
-source photo into the target photo given the target's keypoints.
+Stage 2's defaults are the reference's recipe (docs/models-and-training.md tabulates every
+default and its source): AdamW without weight decay or clipping, a warm-up then a x0.1 step of
+the learning rate, condition dropout, the stage-1 Combiner's dropout left active, and the four
+augmentations of `augmentation`.
 
 Both trainers write into `out/`:
     train_log.jsonl          one JSON object per optimiser step (step, loss, lr; stage 1 adds top1/top5)
@@ -19,20 +21,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
+from .augmentation import Augmentation
 from .errors import InputError
 from .fusion import fusion_loss, retrieval_accuracy
-from .images import PHOTO_FILL, SKELETON_FILL, load_image, pil_to_tensor
-from .keypoints import read_keypoints
 from .pipeline_fpdm import FPDMPipeline, resolve_device
 from .stage2 import denoise
+from .training_data import PairTensors, batch_indices, read_pairs
 
-PAIR_COLUMNS = ("source_image", "target_image", "target_pose")
+REFERENCE_AUGMENTATION = Augmentation()
 LOG_FILE = "train_log.jsonl"
 TRAINING_STATE = "training_state.pt"
 
@@ -42,105 +44,6 @@ class TrainResult:
     out: Path
     steps: int
     last: dict
-
-
-# ----- data ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    source_image: Path
-    target_image: Path
-    target_pose: Path
-
-
-def read_pairs(csv_path: str | Path) -> list[Pair]:
-    """Read and check a pairs CSV: every column present, every file there."""
-    csv_path = Path(csv_path)
-    try:
-        table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True, encoding="utf-8-sig").dropna(how="all")
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"{csv_path}: cannot read pairs CSV ({exc})") from None
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputError(f"{csv_path}: pairs CSV is missing column(s) {', '.join(missing)} (needs {','.join(PAIR_COLUMNS)})")
-    pairs, problems = [], []
-    for row_number, row in enumerate(table.itertuples(index=False), start=2):  # row 1 is the header
-        paths = {}
-        for column in PAIR_COLUMNS:
-            value = getattr(row, column)
-            if not isinstance(value, str) or not value.strip():
-                problems.append(f"row {row_number}: {column} is empty")
-                continue
-            path = (csv_path.parent / value.strip()).resolve()
-            if not path.is_file():
-                problems.append(f"row {row_number}: {column} {value.strip()!r} not found")
-            paths[column] = path
-        if len(paths) == len(PAIR_COLUMNS):
-            pairs.append(Pair(**paths))
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise InputError(f"{csv_path}: {shown}")
-    if not pairs:
-        raise InputError(f"{csv_path}: pairs CSV has no rows")
-    return pairs
-
-
-class PairTensors:
-    """Turns pairs into the tensors both stages train on, in the model's geometry.
-
-    Small sets (the ones trained on CPU, where decoding would dominate) are kept in memory
-    once decoded; a DeepFashion-sized set would not fit, so larger sets are decoded per visit.
-    """
-
-    CACHE_LIMIT = 2048  # pairs; at 512x352 that is about 20 GB of float32 tensors
-
-    def __init__(self, pairs: list[Pair], pipe: FPDMPipeline):
-        self.pairs = pairs
-        self.pipe = pipe
-        self._cache: dict[int, dict[str, torch.Tensor]] | None = {} if len(pairs) <= self.CACHE_LIMIT else None
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def item(self, index: int) -> dict[str, torch.Tensor]:
-        if self._cache is None:
-            return self._prepare(self.pairs[index])
-        if index not in self._cache:
-            self._cache[index] = self._prepare(self.pairs[index])
-        return self._cache[index]
-
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        items = [self.item(i) for i in indices]
-        return {key: torch.stack([item[key] for item in items]).to(device) for key in items[0]}
-
-    def _prepare(self, pair: Pair) -> dict[str, torch.Tensor]:
-        geometry, pipe = self.pipe.geometry, self.pipe
-        source, target = load_image(pair.source_image), load_image(pair.target_image)
-        # The target photo's size is the canvas of pose files that state none (DeepFashion .txt).
-        keypoints = read_keypoints(pair.target_pose, default_size=target.size)
-        source_fitted, target_fitted = geometry.photo(source), geometry.photo(target)
-        skeleton = geometry.skeleton(keypoints)
-        tensors = {
-            "target": pil_to_tensor(target_fitted) * 2 - 1,  # the VAE takes [-1, 1]
-            "skeleton": pil_to_tensor(skeleton),  # the pose embedding takes [0, 1]
-            "source_encoder_pixels": pipe.source_encoder_pixels(source_fitted),
-        }
-        if pipe.fusion is not None:
-            tensors["source_clip"] = pipe.clip_pixels(source_fitted, PHOTO_FILL)
-            tensors["target_clip"] = pipe.clip_pixels(target_fitted, PHOTO_FILL)
-            tensors["pose_clip"] = pipe.clip_pixels(skeleton, SKELETON_FILL)
-        return tensors
-
-
-def batch_indices(step: int, dataset_size: int, batch_size: int, seed: int) -> list[int]:
-    """The pairs of optimiser (micro-)step `step`: a seeded permutation per epoch, so that a
-    resumed run sees exactly the batches the uninterrupted run would have."""
-    batches_per_epoch = max(1, dataset_size // batch_size)
-    epoch, position = divmod(step, batches_per_epoch)
-    order = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return order[position * batch_size : (position + 1) * batch_size]
 
 
 # ----- the shared loop -------------------------------------------------------------------
@@ -298,20 +201,35 @@ def train_diffusion(
     batch_size: int = 42,
     gradient_accumulation: int = 3,
     learning_rate: float = 1e-4,
-    weight_decay: float = 1e-2,
-    warmup_steps: int = 500,
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
+    warmup_fraction: float = 0.05,
+    lr_decay_at: float = 0.55,
+    lr_decay_factor: float = 0.1,
     condition_dropout: float = 0.2,
+    condition_dropout_per_batch: bool = False,
+    fusion_dropout: bool = True,
+    augmentation: Augmentation = REFERENCE_AUGMENTATION,
     noise_offset: float = 0.1,
     checkpoint_every: int = 500,
     resume: bool = False,
     device: str = "auto",
     seed: int = 0,
 ) -> TrainResult:
-    """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding and source projector.
+    """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
+    fusion projector. VAE, source encoder and the stage-1 fusion model stay frozen.
 
-    VAE, source encoder and the stage-1 fusion model stay frozen. Each condition is zeroed
-    with probability `condition_dropout`, independently, which is what lets sampling run the
-    guidance branches with conditions zeroed.
+    - Learning rate: a linear warm-up over the first `warmup_fraction` of the steps, then x
+      `lr_decay_factor` from `lr_decay_at` of them (`warmup_step_decay`). `max_grad_norm` None:
+      no clipping, as the reference.
+    - Condition dropout: source tokens, pose and fusion embedding are each zeroed with probability
+      `condition_dropout`, independently, which lets sampling run the guidance branches with
+      conditions zeroed. One draw per sample by default; `condition_dropout_per_batch` draws once
+      per batch as the reference does (see `condition_keep`).
+    - `fusion_dropout`: the stage-1 Combiner's dropout stays active, as in the reference (which
+      freezes the fusion model by requires_grad alone): a noisy fusion condition in training,
+      a clean one at sampling, where every part is in eval mode.
+    - `augmentation`: the reference's four (model_core.augmentation); `Augmentation.off()` for none.
     """
     pair_list = read_pairs(pairs)
     run = TrainingRun(Path(out), resume)
@@ -319,18 +237,25 @@ def train_diffusion(
     pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
     if stage2_only and pipe.uses_fusion:
         pipe = without_fusion(pipe)
-    data = PairTensors(pair_list, pipe)
+    data = PairTensors(pair_list, pipe, augmentation)
     batch_size = min(batch_size, len(data))
 
     trainable = [pipe.unet, pipe.pose_embedding, pipe.source_projector]
+    if pipe.fusion_projector is not None:
+        trainable.append(pipe.fusion_projector)
     for module in trainable:
         module.train().requires_grad_(True)
+    if pipe.fusion is not None and fusion_dropout:
+        pipe.fusion.combiner.train()  # dropout only: its weights stay frozen
     parameters = [p for module in trainable for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps)
+    total = total_steps(max_steps, epochs, len(data), batch_size, gradient_accumulation)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_step_decay(total, warmup_fraction, lr_decay_at, lr_decay_factor)
+    )
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     done = run.load_state(optimizer, lr_scheduler)
-    total = total_steps(max_steps, epochs, len(data), batch_size, gradient_accumulation)
+    dropout = ConditionDropout(condition_dropout, condition_dropout_per_batch)
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -339,14 +264,17 @@ def train_diffusion(
         step_loss = 0.0
         for micro in range(gradient_accumulation):
             micro_step = (step - 1) * gradient_accumulation + micro
-            batch = data.batch(batch_indices(micro_step, len(data), batch_size, seed), torch_device)
-            # One generator per micro-step: noise, timesteps and dropout replay on resume.
+            # Augmentation, noise, timesteps and condition dropout draw from generators seeded by
+            # the micro-step: they replay on resume.
+            augment_rng = np.random.default_rng([seed, micro_step])
+            batch = data.batch(batch_indices(micro_step, len(data), batch_size, seed), torch_device, augment_rng)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
             with _autocast(torch_device):
-                loss = _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, noise_offset)
+                loss = _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout, noise_offset)
             (loss / gradient_accumulation).backward()
             step_loss += loss.item() / gradient_accumulation
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         learning_rate_used = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
@@ -358,7 +286,47 @@ def train_diffusion(
     return TrainResult(run.out, total, record)
 
 
-def _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, noise_offset) -> torch.Tensor:
+def warmup_step_decay(total: int, warmup_fraction: float, decay_at: float, decay_factor: float):
+    """The learning-rate factor of each step (from 0) of a `total`-step run.
+
+    The reference (config c1: scheduler_t_up 5, scheduler_step_size 50, scheduler_gamma 0.1,
+    max_epochs 100; model.py `WarmupStepLR`) warms up over 5 epochs ((e + 1) / 5 of the rate in
+    epoch e), then multiplies by 0.1 from epoch 55. Here the same shape is set by fractions of
+    the run, per step, so it fits any --max-steps: for 100 steps it is the reference's values.
+    """
+    warmup = round(warmup_fraction * total)
+    decay_step = round(decay_at * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return decay_factor if step >= decay_step else 1.0
+
+    return factor
+
+
+@dataclass(frozen=True)
+class ConditionDropout:
+    """Which samples keep a condition: each drops it with probability `rate`.
+
+    One draw per sample is the project's default; the reference draws once per batch (model.py,
+    `random.random() < ...` in SDModel.forward), so there a fifth of all batches train without
+    the source tokens altogether, another fifth without the pose. Per sample, every batch mixes
+    conditional and unconditional samples at the same expected rate, the usual practice for
+    classifier-free guidance, and a step's gradient does not swing between the two tasks;
+    `per_batch=True` reproduces the reference.
+    """
+
+    rate: float
+    per_batch: bool = False
+
+    def keep(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n,) of 1.0 (keep) and 0.0 (drop)."""
+        draws = torch.rand(1 if self.per_batch else n, generator=generator).expand(n)
+        return (draws >= self.rate).float()
+
+
+def _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout: ConditionDropout, noise_offset) -> torch.Tensor:
     device = batch["target"].device
     n = len(batch["target"])
 
@@ -386,13 +354,13 @@ def _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, 
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
     def keep(shape_tail: int) -> torch.Tensor:
-        return (cpu_rand(n) >= condition_dropout).float().view(n, *([1] * shape_tail))
+        return dropout.keep(n, generator).to(device).view(n, *([1] * shape_tail))
 
     context = pipe.source_projector(tokens) * keep(2)
     pose_residual = pipe.pose_embedding(batch["skeleton"]) * keep(3)
     if fusion is not None:
         fusion = fusion * keep(1)
-    prediction = denoise(pipe.unet, noisy, timesteps, context, pose_residual, fusion)
+    prediction = denoise(pipe.unet, noisy, timesteps, context, pose_residual, fusion, pipe.fusion_projector)
 
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -402,7 +370,8 @@ def _diffusion_loss(pipe, noise_scheduler, batch, generator, condition_dropout, 
 
 
 def without_fusion(pipe: FPDMPipeline) -> FPDMPipeline:
-    """The stage-2-only variant of a model: the UNet without its class embedding, no stage 1.
+    """The stage-2-only variant of a model: the UNet without its class embedding, no stage 1
+    (neither the fusion model nor its projector).
 
     Every other UNet weight carries over, so a team can train stage 2 first and add the
     fusion embedding later.

@@ -16,7 +16,8 @@ from diffusers.optimization import get_scheduler
 
 from .images import load_image, pil_to_tensor
 from .pipeline_fpdm import FPDMPipeline, resolve_device
-from .training import TrainingRun, TrainResult, batch_indices, read_pairs, total_steps
+from .training import TrainingRun, TrainResult, total_steps
+from .training_data import batch_indices, read_pairs
 
 
 def train_vae(

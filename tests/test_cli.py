@@ -95,6 +95,19 @@ def test_saved_preset_generates_the_same_images_as_the_preset(tiny_generation, s
         assert (tmp_path / name).read_bytes() == (preset_out / name).read_bytes(), name
 
 
+def test_generate_samples_with_the_scheduler_asked_for(tmp_path, capsys):
+    from fpdm_cli.main import main
+
+    common = ["generate", "--source", str(EXAMPLE_SOURCE), "--pose", str(FRONT_POSE), "--steps", "2", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "model-own")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ddim"), "--scheduler", "DDIMScheduler"]) == 0
+    name = "arms-folded-front_s0.png"
+    assert (tmp_path / "model-own" / name).read_bytes() != (tmp_path / "ddim" / name).read_bytes()
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad"), "--scheduler", "Nope"]) == 2
+    assert "unknown diffusers scheduler class 'Nope'" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_poses_sharing_a_file_stem_get_distinct_outputs(tmp_path):
     other_front = tmp_path / "other" / FRONT_POSE.name
@@ -149,9 +162,9 @@ def test_model_directory_missing_a_part_is_one_error_line_naming_the_part(saved_
 def test_model_info_prints_parameter_counts():
     result = run_fpdm("model", "info", "tiny")
     assert result.returncode == 0, result.stderr
-    for part in ("fusion", "source_encoder", "source_projector", "pose_embedding", "unet", "vae"):
+    for part in ("fusion", "fusion_projector", "source_encoder", "source_projector", "pose_embedding", "unet", "vae"):
         assert any(line.split()[:1] == [part] and "parameters" in line for line in result.stdout.splitlines()), part
-    assert "DDIMScheduler" in result.stdout
+    assert "DDPMScheduler" in result.stdout
 
 
 @pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
@@ -305,7 +318,12 @@ def test_help_states_the_defaults_and_columns_the_code_uses(capsys):
     assert (int(batch), int(accumulation), float(lr)) == (
         diffusion["batch_size"].default, diffusion["gradient_accumulation"].default, diffusion["learning_rate"].default,
     )  # fmt: skip
-    assert f"(default {diffusion['warmup_steps'].default};" in option_help(capsys, "train", "diffusion")["--warmup-steps"]
+    text = description(capsys, "train", "diffusion")
+    assert f"x{diffusion['lr_decay_factor'].default} late in the run, no weight decay, no clipping;" in text
+    assert diffusion["weight_decay"].default == 0 and diffusion["max_grad_norm"].default is None
+    helps = option_help(capsys, "train", "diffusion")
+    assert f"(default {diffusion['warmup_fraction'].default}:" in helps["--warmup-fraction"]
+    assert f"(default {diffusion['lr_decay_at'].default}:" in helps["--lr-decay-at"]
 
     columns = f"Columns: {', '.join(REQUIRED_COLUMNS)} (required); {', '.join(OPTIONAL_COLUMNS)} (optional)"
     assert columns in description(capsys, "validate")
@@ -317,3 +335,26 @@ def test_help_loads_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_assemble_takes_the_clip_activation_only_when_stated():
+    from fpdm_cli.main import build_parser
+
+    required = [
+        "model",
+        "assemble",
+        "--preset",
+        "fpdm-sd21",
+        "--sd",
+        "sd",
+        "--clip",
+        "c.bin",
+        "--source-encoder",
+        "d",
+        "--out",
+        "o",
+    ]
+    parse = build_parser().parse_args
+    assert parse(required).quick_gelu is None  # assemble reads it from the checkpoint
+    assert parse([*required, "--quick-gelu"]).quick_gelu is True
+    assert parse([*required, "--no-quick-gelu"]).quick_gelu is False

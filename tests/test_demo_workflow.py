@@ -52,7 +52,7 @@ def test_synth_trains_vae_fusion_and_diffusion_and_eval_scores_each_ablation_met
     assert printed.startswith("trained fusion: 6 steps") and "top1=" in printed
     for name, start, extra in (("fpdm", "stage1", []), ("stage2only", "vae", ["--stage2-only"])):
         printed = fpdm(capsys, "train", "diffusion", "--model", tmp_path / start, "--out", tmp_path / name, *extra,
-                       "--max-steps", steps["diffusion"], "--warmup-steps", 0, "--grad-accum", 1, *common)  # fmt: skip
+                       "--max-steps", steps["diffusion"], "--warmup-fraction", 0, "--grad-accum", 1, *common)  # fmt: skip
         assert printed.startswith("trained diffusion: 4 steps") and str(tmp_path / name) in printed
 
     # Each trainer ran its steps and logged a finite loss for every one.

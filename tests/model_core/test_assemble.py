@@ -5,6 +5,7 @@ publish (a diffusers folder, open_clip's open_clip_pytorch_model.bin, timm's
 model.safetensors), so the test exercises the same loading a real assembly does.
 """
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import open_clip
 import pytest
 import timm
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
@@ -25,7 +26,7 @@ from model_core.fusion import FusionModel
 from model_core.keypoints import Keypoints
 from model_core.pipeline_fpdm import FPDMPipeline
 from model_core.presets import preset_config
-from model_core.stage2 import SourceEncoder, SourceProjector
+from model_core.stage2 import FusionProjector, SourceEncoder, SourceProjector
 
 TINY = preset_config("tiny")
 TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
@@ -44,7 +45,6 @@ def sd_unet_config(config: dict) -> dict:
     """The preset's UNet as Stable Diffusion ships it: without FPDM's class embedding."""
     unet = dict(config["unet"])
     unet.pop("class_embed_type")
-    unet.pop("projection_class_embeddings_input_dim")
     return unet
 
 
@@ -62,6 +62,24 @@ def save_sd_folder(folder: Path, unet: UNet2DConditionModel, vae: AutoencoderKL,
     scheduler.pop("_class_name")
     DDIMScheduler(**scheduler).save_pretrained(folder / "scheduler")
     return folder
+
+
+def write_open_clip_config(folder: Path, **model_cfg) -> Path:
+    fusion = TINY["fusion"]
+    config = {
+        "model_cfg": {"embed_dim": fusion["embed_dim"], "vision_cfg": fusion["vision_cfg"], "text_cfg": TEXT_CFG, **model_cfg},
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }
+    path = folder / "open_clip_config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def openai_layout(clip_state: dict) -> dict:
+    """A CLIP state dict as OpenAI's release holds it: with the scalar keys open_clip drops on
+    conversion, and (as OpenAI's) most weights in float16."""
+    state = {k: (v.half() if v.ndim >= 2 else v) for k, v in clip_state.items()}
+    return {**state, "input_resolution": torch.tensor(32), "context_length": torch.tensor(8), "vocab_size": torch.tensor(64)}
 
 
 class Public:
@@ -83,6 +101,9 @@ def public(tmp_path_factory) -> Public:
     fusion = TINY["fusion"]
     clip = open_clip.model.CLIP(fusion["embed_dim"], fusion["vision_cfg"], TEXT_CFG)
     clip_state = clip.state_dict()
+    # As open_clip's hub repositories ship LAION's weights: the config beside them leaves
+    # quick_gelu unset (GELU).
+    write_open_clip_config(root)
     p.clip_bin = root / "open_clip_pytorch_model.bin"
     torch.save(clip_state, p.clip_bin)
     p.clip_safetensors = root / "open_clip_model.safetensors"
@@ -123,18 +144,19 @@ def test_assembled_directory_loads_with_every_public_weight_and_generates(public
     assert (pipe.geometry.height, pipe.geometry.width) == tuple(TINY["resolution"])
 
     unet = pipe.unet
-    assert unet.config.class_embed_type == "projection"
-    assert unet.config.projection_class_embeddings_input_dim == TINY["fusion"]["embed_dim"]
+    # The fusion embedding reaches the UNet through the new fusion projector and the UNet's
+    # parameter-free identity class embedding: every UNet weight is SD's.
+    assert unet.config.class_embed_type == "identity"
     assert list(unet.config.sample_size) == [TINY["resolution"][0] // 8, TINY["resolution"][1] // 8]
-    state = unet.state_dict()
-    new = {k for k in state if k.startswith("class_embedding.")}
-    assert new == {f"class_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
-    assert_same_tensors({k: v for k, v in state.items() if k not in new}, public.unet_state)
-    for key in new:  # freshly initialised, not the uninitialised memory from_pretrained leaves
-        assert torch.isfinite(state[key]).all() and state[key].abs().max() < 1, key
+    assert_same_tensors(unet.state_dict(), public.unet_state)
+    assert pipe.fusion_projector.config.out_dim == unet.time_embedding.linear_2.out_features
+    for value in pipe.fusion_projector.state_dict().values():
+        assert torch.isfinite(value).all() and value.abs().max() < 1
 
     assert_same_tensors(pipe.vae.state_dict(), public.vae_state)
-    assert isinstance(pipe.scheduler, DDIMScheduler)
+    # SD's noise schedule under the reference's sampler.
+    assert isinstance(pipe.scheduler, DDPMScheduler)
+    assert pipe.scheduler.config.beta_schedule == TINY["scheduler"]["beta_schedule"]
     assert_same_tensors(pipe.fusion.image_encoder.state_dict(), visual_part(public.clip_state))
     assert_same_tensors(pipe.source_encoder.backbone.state_dict(), public.timm_state)
     # The fusion config records the pretrained CLIP (QC trusts CLIP similarities only then);
@@ -150,12 +172,67 @@ def test_assembled_directory_loads_with_every_public_weight_and_generates(public
     assert np.isfinite(np.asarray(images[0][0], dtype=np.float32)).all()
 
 
-def test_quick_gelu_for_openai_clip_weights(public, tmp_path):
-    out = assemble(tmp_path / "model", public.sd, public.clip_bin, public.timm_safetensors, preset="tiny", quick_gelu=True)
+def activation_of(out: Path):
     fusion = FPDMPipeline.from_pretrained(out).fusion
-    assert fusion.config.quick_gelu is True
-    assert any(isinstance(m, open_clip.transformer.QuickGELU) for m in fusion.image_encoder.modules())
-    assert_same_tensors(fusion.image_encoder.state_dict(), visual_part(public.clip_state))
+    quick = any(isinstance(m, open_clip.transformer.QuickGELU) for m in fusion.image_encoder.modules())
+    gelu = any(isinstance(m, torch.nn.GELU) for m in fusion.image_encoder.modules())
+    assert quick != gelu
+    return fusion.config.quick_gelu, quick, fusion.config.quick_gelu_evidence
+
+
+def test_openai_clip_weights_are_detected_by_their_layout_and_get_quick_gelu(public, tmp_path):
+    openai = tmp_path / "openai" / "ViT-L-14.pt"  # no open_clip_config.json beside it
+    openai.parent.mkdir()
+    torch.save(openai_layout(public.clip_state), openai)
+    out = assemble(tmp_path / "model", public.sd, openai, public.timm_safetensors, preset="tiny")
+    quick_gelu, built_quick, evidence = activation_of(out)
+    assert quick_gelu is True and built_quick and "OpenAI's CLIP layout" in evidence
+    tower = FPDMPipeline.from_pretrained(out).fusion.image_encoder.state_dict()
+    assert_same_tensors(tower, {k: v.float() for k, v in visual_part(openai_layout(public.clip_state)).items()})
+    # Stating what the checkpoint says is fine; contradicting it is refused.
+    assemble(tmp_path / "stated", public.sd, openai, public.timm_safetensors, preset="tiny", quick_gelu=True)
+    with pytest.raises(InputError, match="--no-quick-gelu contradicts the checkpoint, which was trained with QuickGELU"):
+        assemble(tmp_path / "wrong", public.sd, openai, public.timm_safetensors, preset="tiny", quick_gelu=False)
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_an_open_clip_config_beside_the_weights_says_which_activation(public, tmp_path):
+    # LAION's (the fixture): quick_gelu unset in the config, GELU.
+    quick_gelu, built_quick, evidence = activation_of(
+        assemble(tmp_path / "laion", public.sd, public.clip_bin, public.timm_safetensors, preset="tiny")
+    )
+    assert (quick_gelu, built_quick) == (False, False) and "model_cfg.quick_gelu false" in evidence
+    with pytest.raises(InputError, match="--quick-gelu contradicts the checkpoint, which was trained with GELU"):
+        assemble(tmp_path / "wrong", public.sd, public.clip_bin, public.timm_safetensors, preset="tiny", quick_gelu=True)
+
+    # OpenAI's weights as open_clip's hub ships them (timm/vit_large_patch14_clip_224.openai): the
+    # open_clip layout, with quick_gelu true in the config beside them.
+    hub = tmp_path / "openai-hub"
+    hub.mkdir()
+    shutil.copy(public.clip_bin, hub / public.clip_bin.name)
+    write_open_clip_config(hub, quick_gelu=True)
+    quick_gelu, built_quick, evidence = activation_of(
+        assemble(tmp_path / "hub", public.sd, hub / public.clip_bin.name, public.timm_safetensors, preset="tiny")
+    )
+    assert (quick_gelu, built_quick) == (True, True) and "model_cfg.quick_gelu true" in evidence
+
+    write_open_clip_config(hub, embed_dim=64)  # a config of another model
+    with pytest.raises(InputError, match="describes a CLIP with embed_dim 64, but open_clip_pytorch_model.bin projects to 32"):
+        assemble(tmp_path / "other", public.sd, hub / public.clip_bin.name, public.timm_safetensors, preset="tiny")
+
+
+def test_a_checkpoint_that_does_not_say_needs_the_activation_stated(public, tmp_path):
+    bare = tmp_path / "bare" / "clip.safetensors"  # open_clip layout, nothing beside it
+    bare.parent.mkdir()
+    shutil.copy(public.clip_safetensors, bare)
+    with pytest.raises(InputError, match="cannot tell whether this CLIP was trained with QuickGELU or GELU") as error:
+        assemble(tmp_path / "model", public.sd, bare, public.timm_safetensors, preset="tiny")
+    assert "pass --quick-gelu" in str(error.value) and "pass --no-quick-gelu" in str(error.value)
+    assert not (tmp_path / "model").exists()
+    for stated in (True, False):
+        out = assemble(tmp_path / f"model-{stated}", public.sd, bare, public.timm_safetensors, preset="tiny", quick_gelu=stated)
+        quick_gelu, built_quick, evidence = activation_of(out)
+        assert quick_gelu is built_quick is stated and "stated when assembling" in evidence
 
 
 def test_assembly_is_reproducible(public, tmp_path):
@@ -274,7 +351,7 @@ def test_clip_checkpoint_missing_visual_keys_names_the_file(public, tmp_path):
     partial = tmp_path / "clip_partial.bin"
     torch.save({k: v for k, v in public.clip_state.items() if k != "visual.ln_post.weight"}, partial)
     with pytest.raises(InputError, match="ln_post.weight") as error:
-        assemble(tmp_path / "model", public.sd, partial, public.timm_safetensors, preset="tiny")
+        assemble(tmp_path / "model", public.sd, partial, public.timm_safetensors, preset="tiny", quick_gelu=False)
     assert str(partial) in str(error.value) and "missing" in str(error.value)
 
     text_only = tmp_path / "clip_text.safetensors"
@@ -295,7 +372,7 @@ def test_wrong_architectures_are_named(public, tmp_path):
     vision_cfg = dict(TINY["fusion"]["vision_cfg"], layers=3)
     torch.save(open_clip.model.CLIP(TINY["fusion"]["embed_dim"], vision_cfg, TEXT_CFG).state_dict(), other_clip)
     with pytest.raises(InputError, match="unexpected .*transformer.resblocks.2") as error:
-        assemble(tmp_path / "model", public.sd, other_clip, public.timm_safetensors, preset="tiny")
+        assemble(tmp_path / "model", public.sd, other_clip, public.timm_safetensors, preset="tiny", quick_gelu=False)
     assert str(other_clip) in str(error.value)
 
 
@@ -364,11 +441,15 @@ def test_fpdm_sd21_preset_is_the_production_architecture():
         encoder = SourceEncoder(**config["source_encoder"])
         fusion = FusionModel(**config["fusion"])
         projector = SourceProjector(**config["source_projector"])
+        fusion_projector = FusionProjector(**config["fusion_projector"])
 
-    # SD 2.1's UNet (865,910,724) plus the projection class embedding 768 -> 1280 -> 1280.
+    # SD 2.1's UNet (865,910,724) as it is (its identity class embedding has no weights), plus
+    # the fusion projector 768 -> 768 -> 1280 that feeds it.
     parameters = sum(p.numel() for p in unet.parameters())
-    assert parameters == 865_910_724 + (768 * 1280 + 1280) + (1280 * 1280 + 1280)
-    assert abs(parameters - 869e6) / 869e6 < 0.005
+    assert parameters == 865_910_724
+    head = sum(p.numel() for p in fusion_projector.parameters())
+    assert head == (768 * 768 + 768) + (768 * 1280 + 1280)
+    assert abs(parameters + head - 869e6) / 869e6 < 0.005
     assert unet.config.cross_attention_dim == 1024 and unet.config.block_out_channels[0] == 320
     assert config["pose_embedding"]["out_channels"] == 320
 
@@ -378,10 +459,10 @@ def test_fpdm_sd21_preset_is_the_production_architecture():
     assert encoder(torch.empty(1, 3, 512, 512, device="meta")).shape == (1, 1297, 1024)
     assert encoder.hidden_size == 1024
 
-    # CLIP ViT-L/14 image encoder, projected embedding 768-d; the UNet's class embedding takes it.
+    # CLIP ViT-L/14 image encoder, projected embedding 768-d; the fusion projector takes it.
     assert fusion.image_encoder.output_dim == 768
     assert fusion.embed(torch.empty(1, 3, 224, 224, device="meta")).shape == (1, 768)
-    assert unet.config.projection_class_embeddings_input_dim == 768
+    assert fusion_projector.config.in_dim == 768 and unet.time_embedding.linear_2.out_features == 1280
 
     linears = [m for m in projector.layers if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(1024, 768), (768, 1024)]

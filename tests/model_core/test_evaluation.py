@@ -11,7 +11,7 @@ from model_core.evaluation import evaluate_pairs, figure_mask, pose_accuracy, ps
 from model_core.images import ModelGeometry
 from model_core.keypoints import read_keypoints
 from model_core.pipeline_fpdm import FPDMPipeline
-from model_core.training import read_pairs
+from model_core.training_data import read_pairs
 
 
 @pytest.fixture(scope="module")

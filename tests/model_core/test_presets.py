@@ -73,9 +73,9 @@ def test_describe_model_of_a_preset_without_weights_counts_its_architecture():
     assert described.checksum is None
     assert described.origin == "preset without weights; see `fpdm model assemble`"
     assert (described.width, described.height) == (352, 512) and described.uses_fusion
-    assert (described.scheduler, described.prediction_type) == ("DDIMScheduler", "v_prediction")
+    assert (described.scheduler, described.prediction_type) == ("DDPMScheduler", "v_prediction")
     assert [part.name for part in described.parts] == [
-        "fusion", "source_encoder", "source_projector", "pose_embedding", "unet", "vae",
+        "fusion", "fusion_projector", "source_encoder", "source_projector", "pose_embedding", "unet", "vae",
     ]  # fmt: skip
     assert all(part.dtype == "no weights" and part.parameters > 0 for part in described.parts)
     assert described.total_parameters == sum(part.parameters for part in described.parts) > 10**9

@@ -71,9 +71,10 @@ def test_three_branch_guidance_matches_the_formula_in_one_unet_batch(pipe, photo
         assert stub.calls == [6]  # three branches of two jobs, one UNet call
 
         def branch(ctx, pose_residual, fusion_in):
+            # The fusion projector (the reference's mlp head) maps the embedding, zeros included.
             hook = stub.conv_in.register_forward_hook(lambda m, a, o: o + pose_residual)
             try:
-                return stub(latents, t, ctx, fusion_in).sample
+                return stub(latents, t, ctx, pipe.fusion_projector(fusion_in)).sample
             finally:
                 hook.remove()
 

@@ -9,7 +9,8 @@ from stick_figures import make_pairs
 
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline
-from model_core.training import fusion_retrieval_accuracy, read_pairs, train_diffusion, train_fusion
+from model_core.training import fusion_retrieval_accuracy, train_diffusion, train_fusion
+from model_core.training_data import read_pairs
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_stage2_training_lowers_the_loss(pairs_csv, fusion_model, tmp_path):
         batch_size=12,
         gradient_accumulation=1,
         learning_rate=1e-3,
-        warmup_steps=0,
+        warmup_fraction=0,
         device="cpu",
     )
     losses = [r["loss"] for r in _log(result.out)]
@@ -81,7 +82,7 @@ def test_stage2_only_training_drops_the_fusion_part(pairs_csv, tmp_path):
         max_steps=2,
         batch_size=4,
         gradient_accumulation=2,
-        warmup_steps=0,
+        warmup_fraction=0,
         device="cpu",
     )
     model = FPDMPipeline.from_pretrained(result.out, device="cpu")
@@ -90,8 +91,9 @@ def test_stage2_only_training_drops_the_fusion_part(pairs_csv, tmp_path):
 
 def test_resume_continues_from_the_newest_checkpoint_to_the_same_weights(pairs_csv, tmp_path):
     settings = dict(
-        max_steps=4, batch_size=6, gradient_accumulation=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2, device="cpu"
-    )
+        max_steps=4, batch_size=6, gradient_accumulation=2, learning_rate=1e-3, warmup_fraction=0.5, checkpoint_every=2,
+        device="cpu",
+    )  # fmt: skip
     straight = train_diffusion("tiny", pairs_csv, tmp_path / "straight", **settings)
 
     # An interrupted run: only what existed after step 2 survives.
@@ -103,6 +105,10 @@ def test_resume_continues_from_the_newest_checkpoint_to_the_same_weights(pairs_c
 
     resumed = train_diffusion("tiny", pairs_csv, interrupted, resume=True, **settings)
     assert [r["step"] for r in _log(resumed.out)] == [1, 2, 3, 4]
+    # The schedule resumes too: warm-up over steps 1-2, x0.1 from 55% of the run (step 3) on.
+    assert (
+        [r["lr"] for r in _log(resumed.out)] == [r["lr"] for r in _log(straight.out)] == pytest.approx([5e-4, 1e-3, 1e-4, 1e-4])
+    )
     a = FPDMPipeline.from_pretrained(straight.out, device="cpu").unet.state_dict()
     b = FPDMPipeline.from_pretrained(resumed.out, device="cpu").unet.state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
@@ -134,9 +140,9 @@ def test_condition_dropout_zeroes_what_sampling_zeroes(pairs_csv, tmp_path, monk
     seen = []
     real_denoise = training.denoise
 
-    def recording_denoise(unet, latents, timesteps, context, pose_residual, fusion):
+    def recording_denoise(unet, latents, timesteps, context, pose_residual, fusion, fusion_projector):
         seen.append((context.detach().clone(), pose_residual.detach().clone(), fusion.detach().clone()))
-        return real_denoise(unet, latents, timesteps, context, pose_residual, fusion)
+        return real_denoise(unet, latents, timesteps, context, pose_residual, fusion, fusion_projector)
 
     monkeypatch.setattr(training, "denoise", recording_denoise)
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
@@ -150,7 +156,7 @@ def test_condition_dropout_zeroes_what_sampling_zeroes(pairs_csv, tmp_path, monk
         max_steps=1,
         batch_size=4,
         gradient_accumulation=1,
-        warmup_steps=0,
+        warmup_fraction=0,
         condition_dropout=dropout,
         device="cpu",
     )
@@ -161,7 +167,7 @@ def test_condition_dropout_zeroes_what_sampling_zeroes(pairs_csv, tmp_path, monk
 
 
 def test_a_fresh_run_refuses_an_output_with_old_checkpoints_and_resume_without_one_starts_fresh(pairs_csv, tmp_path):
-    settings = dict(max_steps=2, batch_size=4, gradient_accumulation=1, warmup_steps=0, checkpoint_every=1, device="cpu")
+    settings = dict(max_steps=2, batch_size=4, gradient_accumulation=1, warmup_fraction=0, checkpoint_every=1, device="cpu")
     train_diffusion("tiny", pairs_csv, tmp_path / "out", **settings)
     assert (tmp_path / "out" / "checkpoint-000001").is_dir()
     with pytest.raises(InputError, match="checkpoints of an earlier run"):
@@ -179,7 +185,7 @@ def test_target_poses_on_another_canvas_than_their_photo_are_accepted(pairs_csv,
     import json
 
     from model_core.keypoints import Keypoints, read_keypoints
-    from model_core.training import PairTensors
+    from model_core.training_data import PairTensors
 
     folder = pairs_csv.parent
     half = read_keypoints(folder / "p000_1.json")

@@ -135,7 +135,7 @@ def test_catalog_manifest_lists_each_garments_other_poses_with_a_source_photo_an
 
 
 def test_fpdm_synth_writes_a_pairs_file_training_reads(tmp_path):
-    from model_core.training import read_pairs
+    from model_core.training_data import read_pairs
 
     out = tmp_path / "catalog"
     result = run_fpdm("synth", "--out", out, "--pairs", 14, "--seed", 2, "--size", "96x64")
