@@ -268,8 +268,8 @@ def generate_prepared(pipe: FPDMPipeline, prepared: PreparedBatch) -> list[Gener
     out_of_memory = False
     try:
         return [_generate(pipe, prepared)]
-    except torch.OutOfMemoryError:
-        if len(prepared.ready) == 1:
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error) or len(prepared.ready) == 1:
             raise
         out_of_memory = True
     if out_of_memory:
@@ -280,6 +280,21 @@ def generate_prepared(pipe: FPDMPipeline, prepared: PreparedBatch) -> list[Gener
     half = len(prepared.ready) // 2
     parts = (prepared.part(prepared.ready[:half]), prepared.part(prepared.ready[half:]))
     return [generated for part in parts for generated in generate_prepared(pipe, part)]
+
+
+# How CUDA libraries other than PyTorch's allocator say they ran out of memory: these come as a
+# plain RuntimeError, and a smaller batch cures them as it cures torch.OutOfMemoryError.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or any(message in str(error) for message in OUT_OF_MEMORY_MESSAGES)
 
 
 def _generate(pipe: FPDMPipeline, prepared: PreparedBatch) -> GeneratedBatch:

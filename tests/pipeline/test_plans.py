@@ -220,3 +220,35 @@ def test_pipelined_and_sequential_execution_write_the_same_variants(manifest, tm
         written[pipelined] = (images, sidecars)
     assert len(written[True][0]) == 9
     assert written[True] == written[False]  # byte-identical images, the same sidecars but timings
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    ],
+)
+def test_out_of_memory_from_cuda_libraries_splits_the_batch_too(manifest, tmp_path, monkeypatch, error):
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, RunSettings(**{**SETTINGS.__dict__, "batch_size": 3}))
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    calls = []
+    generate = FPDMPipeline.__call__
+
+    def one_image_at_most(self, sources, poses, seeds, **kwargs):
+        calls.append(len(sources))
+        if len(sources) > 1:
+            raise error
+        return generate(self, sources, poses, seeds, **kwargs)
+
+    monkeypatch.setattr(FPDMPipeline, "__call__", one_image_at_most)
+    outcomes = run_batch(pipe, plan.chunks[0].batches[0], out, qc_detector(SETTINGS), plan.model_checksum)
+    assert calls == [3, 1, 2, 1, 1] and [o.status for o in outcomes] == ["succeeded"] * 3
+
+    def a_bug(self, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)")
+
+    monkeypatch.setattr(FPDMPipeline, "__call__", a_bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # not split: a bug fails its batch
+        run_batch(pipe, plan.chunks[0].batches[1], out, qc_detector(SETTINGS), plan.model_checksum)
