@@ -12,7 +12,8 @@ DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects not
 # are parsed with argparse.SUPPRESS as default, so an option the user did not give is absent and
 # the train function's own default applies (model_core.training: the one place they are written).
 TRAIN_OPTIONS = ("max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed")
-TRAIN_DIFFUSION_OPTIONS = (*TRAIN_OPTIONS, "stage2_only", "gradient_accumulation", "warmup_fraction", "lr_decay_at")
+TRAIN_FUSION_OPTIONS = (*TRAIN_OPTIONS, "precision")
+TRAIN_DIFFUSION_OPTIONS = (*TRAIN_FUSION_OPTIONS, "stage2_only", "gradient_accumulation", "warmup_fraction", "lr_decay_at")
 
 DEVICES = "auto (CUDA if available), cpu, cuda or cuda:N"
 
@@ -50,6 +51,15 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", 
     the whole command (`fpdm qc`: only --model's checks)."""
     prefix = f"device for {used_for}: " if used_for else ""
     parser.add_argument("--device", default=default, metavar="D", help=f"{prefix}{DEVICES} (default: auto)")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        metavar="P",
+        help="auto, bf16 or fp32 (model_core.training.PRECISIONS). bf16: bf16 autocast over float32 weights; fp32: float32 throughout; auto (default): bf16 on CUDA, "
+        "fp32 elsewhere",
+    )
 
 
 def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,11 @@ import json
 
 from fpdm_cli.arguments import (
     TRAIN_DIFFUSION_OPTIONS,
+    TRAIN_FUSION_OPTIONS,
     TRAIN_OPTIONS,
     add_common_train_options,
     add_device_argument,
+    add_precision_argument,
     add_scheduler_argument,
     fraction,
     given_options,
@@ -104,6 +106,7 @@ def register_train(subparsers) -> None:
     )
     fusion.add_argument("--model", required=True, help="preset name or model directory to start from")
     add_common_train_options(fusion)
+    add_precision_argument(fusion)
     fusion.set_defaults(run=run_train_fusion)
 
     diffusion = train_commands.add_parser(
@@ -138,6 +141,7 @@ def register_train(subparsers) -> None:
         help="train on the pairs as they are, without the reference's augmentations",
     )  # fmt: skip
     add_common_train_options(diffusion)
+    add_precision_argument(diffusion)
     diffusion.set_defaults(run=run_train_diffusion)
 
 
@@ -151,7 +155,7 @@ def run_train_vae(args: argparse.Namespace) -> None:
 def run_train_fusion(args: argparse.Namespace) -> None:
     from model_core.training import train_fusion
 
-    result = train_fusion(args.model, args.pairs, args.out, **given_options(args, TRAIN_OPTIONS))
+    result = train_fusion(args.model, args.pairs, args.out, **given_options(args, TRAIN_FUSION_OPTIONS))
     print_training_summary("fusion", result)
 
 

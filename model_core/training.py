@@ -109,9 +109,22 @@ def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_siz
     return epochs * max(1, max(1, dataset_size // batch_size) // accumulation)
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA keeps fp32 master weights; CPU trains in plain float32.
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+# How the trainable parts compute: "bf16" runs the forward pass under bf16 autocast over float32
+# master weights and optimiser state; "fp32" runs it in float32; "auto" is bf16 on CUDA and fp32
+# elsewhere. The CPU runs "bf16" through the same autocast scope the GPU uses (slower than fp32
+# there), which is how the GPU's path is tested on machines without one.
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    check_precision(precision)
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 # ----- stage 1 ---------------------------------------------------------------------------
@@ -133,9 +146,12 @@ def train_fusion(
     checkpoint_every: int = 500,
     resume: bool = False,
     device: str = "auto",
+    precision: str = "auto",
     seed: int = 0,
 ) -> TrainResult:
-    """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1)."""
+    """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1). `precision`:
+    see PRECISIONS."""
+    check_precision(precision)
     pair_list = read_pairs(pairs)
     run = TrainingRun(Path(out), resume)
     torch_device = resolve_device(device)
@@ -154,7 +170,7 @@ def train_fusion(
     for step in range(done + 1, total + 1):
         torch.manual_seed(seed * 1_000_003 + step)  # dropout masks replay on resume
         batch = data.batch(batch_indices(step - 1, len(data), batch_size, seed), torch_device)
-        with _autocast(torch_device):
+        with autocast(torch_device, precision):
             source = fusion.embed(batch["source_clip"])
             target = fusion.embed(batch["target_clip"])
             fused = fusion.fuse(source, fusion.embed(batch["pose_clip"]))
@@ -214,6 +230,7 @@ def train_diffusion(
     checkpoint_every: int = 500,
     resume: bool = False,
     device: str = "auto",
+    precision: str = "auto",
     seed: int = 0,
 ) -> TrainResult:
     """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
@@ -230,7 +247,9 @@ def train_diffusion(
       freezes the fusion model by requires_grad alone): a noisy fusion condition in training,
       a clean one at sampling, where every part is in eval mode.
     - `augmentation`: the reference's four (model_core.augmentation); `Augmentation.off()` for none.
+    - `precision`: see PRECISIONS; the frozen parts run under the same autocast.
     """
+    check_precision(precision)
     pair_list = read_pairs(pairs)
     run = TrainingRun(Path(out), resume)
     torch_device = resolve_device(device)
@@ -269,7 +288,7 @@ def train_diffusion(
             augment_rng = np.random.default_rng([seed, micro_step])
             batch = data.batch(batch_indices(micro_step, len(data), batch_size, seed), torch_device, augment_rng)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
-            with _autocast(torch_device):
+            with autocast(torch_device, precision):
                 loss = _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout, noise_offset)
             (loss / gradient_accumulation).backward()
             step_loss += loss.item() / gradient_accumulation
