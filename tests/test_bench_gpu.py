@@ -26,12 +26,16 @@ def test_the_gpu_benchmark_prints_a_row_per_precision_option_and_batch_on_the_cp
     command = [sys.executable, str(BENCH), "--preset", "tiny", "--device", "cpu", "--steps", "2", "--max-batch", "2"]
     command += ["--dtypes", "fp32", "bf16", "--options", "baseline", "channels-last", "--peak-tflops", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
-    rows = [line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| fp32") or line.startswith("| bf16")]
+    rows = [
+        line.strip("|").split("|")
+        for line in result.stdout.splitlines()
+        if line.startswith("| fp32") or line.startswith("| bf16")
+    ]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert [(c[0], c[1], c[2]) for c in cells] == [
         (dtype, option, batch) for dtype in ("fp32", "bf16") for option in ("baseline", "channels-last") for batch in ("1", "2")
     ]
-    for dtype, _, _, images_per_s, memory, tflop, share in cells:
+    for _, _, _, images_per_s, memory, tflop, share in cells:
         assert float(images_per_s) > 0 and memory == "-"  # no device memory to report on the CPU
         assert float(tflop) > 0
         # share = (FLOPs / peak) / seconds per image, with a peak of 1 TFLOP/s
