@@ -141,7 +141,7 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
                 notes=row.notes,
                 extra=dict(row.extra),
             )
-            if not SAFE_ID.match(variant_id):
+            if not SAFE_ID.fullmatch(variant_id):
                 outcomes.append(
                     failed(
                         job,
