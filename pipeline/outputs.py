@@ -196,11 +196,8 @@ def write_contact_sheet(output: str, garment_id: str) -> str | None:
     # The trailing '/' keeps garment 'tee' from listing garment 'tee-2' on S3.
     for uri in storage.list_prefix(folder + "/" if storage.is_s3(folder) else folder):
         if uri.endswith(".json"):
-            try:
-                sidecars.append(json.loads(storage.read_bytes(uri)))
-            except (InputError, ValueError):
-                continue
-    sidecars = [s for s in sidecars if isinstance(s, dict) and s.get("garment_id") == garment_id and "image" in s]
+            sidecars.append(_read_sidecar(uri))
+    sidecars = [s for s in sidecars if s and s.get("garment_id") == garment_id and isinstance(s.get("image"), dict)]
     if not sidecars:
         return None
     sidecars.sort(key=lambda s: s["variant_id"])

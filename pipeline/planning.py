@@ -257,7 +257,7 @@ class PoseResolver:
             try:
                 cached = Keypoints.from_json(json.loads(storage.read_bytes(cache_uri)), source=cache_uri)
                 return TargetPose(uri, sha256, cached, detector.identity)
-            except (InputError, ValueError):
+            except (InputError, ValueError, TypeError, RecursionError):
                 pass  # a damaged cache entry is detected again and rewritten
         started = time.perf_counter()
         keypoints = detector.detect(decode_image(data, uri), uri)

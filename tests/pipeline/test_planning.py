@@ -166,13 +166,23 @@ def test_a_reference_photo_without_a_person_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "_poses").exists() or not storage.list_prefix(tmp_path / "out" / "_poses")
 
 
-def test_a_damaged_cache_entry_is_detected_again(tmp_path, deepfashion_dir):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"{not json",
+        b"[" * 60_000 + b"]" * 60_000,
+        b"\xff\xfe not text",
+        b'{"format": "coco18", "width": 1e999, "height": 2, "keypoints": []}',
+        b'["a list"]',
+    ],
+)
+def test_a_damaged_cache_entry_is_detected_again(tmp_path, deepfashion_dir, damage):
     shutil.copy(deepfashion_dir / FRONT, tmp_path / "front.jpg")
     output = str(tmp_path / "out")
     detector = CountingDetector()
     pose = PoseResolver(output, lambda: detector, "mediapipe").resolve(str(tmp_path / "front.jpg"), (750, 1101))
     [entry] = storage.list_prefix(tmp_path / "out" / "_poses")
-    storage.write_bytes(entry, b"{not json")
+    storage.write_bytes(entry, damage)
     again = PoseResolver(output, lambda: detector, "mediapipe").resolve(str(tmp_path / "front.jpg"), (750, 1101))
     assert detector.calls == 2 and again.keypoints == pose.keypoints
     assert json.loads(storage.read_bytes(entry))["format"] == "coco18"

@@ -141,6 +141,26 @@ def test_complete_means_the_image_is_there_as_its_sidecar_says(manifest, tmp_pat
     assert {jobs[0].job.job_id, jobs[1].job.job_id} <= pending  # a new run generates both again
 
 
+def test_an_unreadable_sidecar_is_treated_as_absent(manifest, tmp_path):
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, chunk_images=4)
+    execute_chunk(FPDMPipeline.from_pretrained("tiny", device="cpu"), out, "run-1", 0, qc_detector(SETTINGS), plan.model_checksum)
+    jobs = plan.chunks[0].jobs
+    key = jobs[0].inputs_key
+    damaged = [
+        json.dumps({"inputs_key": key}),  # the right key, but no image entry
+        json.dumps({"inputs_key": key, "image": "a string"}),
+        json.dumps({"inputs_key": key, "image": {"uri": ["a list"]}}),
+        "[" * 60_000 + "]" * 60_000,
+        "not json",
+    ]
+    for planned_job, text in zip(jobs, damaged, strict=False):
+        storage.write_bytes(outputs.sidecar_uri(out, planned_job.job), text.encode())
+    again = planned(manifest, out, run_id="run-2")
+    pending = {p.job.job_id for chunk in again.chunks for p in chunk.jobs}
+    assert {p.job.job_id for p in jobs} <= pending  # generated again, nothing crashed
+
+
 def test_a_chunk_is_taken_once_per_attempt(tmp_path):
     out = str(tmp_path / "out")
     assert claim_chunk(out, "run-1", 1, 0, taker="a")
