@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from model_core.errors import InputError
 
 from . import storage
+from .inputs import location_problem
 
 REQUIRED_COLUMNS = ("garment_id", "source_image", "target_pose")
 OPTIONAL_COLUMNS = ("variant_id", "seed", "num_candidates", "steps", "guidance_scale", "enabled", "notes")
@@ -77,11 +78,13 @@ class Manifest:
         return sorted({p.row for p in self.problems})
 
 
-def read_manifest(uri: str) -> Manifest:
-    return parse_manifest(storage.read_bytes(uri), uri)
+def read_manifest(uri: str, allow_inputs: tuple[str, ...] = ()) -> Manifest:
+    return parse_manifest(storage.read_bytes(uri), uri, allow_inputs)
 
 
-def parse_manifest(data: bytes, uri: str) -> Manifest:
+def parse_manifest(data: bytes, uri: str, allow_inputs: tuple[str, ...] = ()) -> Manifest:
+    """The manifest's rows and every problem of its invalid ones. `allow_inputs`: folders besides
+    its own bucket that a manifest on S3 may take inputs from (pipeline.inputs)."""
     columns, records = _read_records(data, uri)
     base = _location_of(uri)
     rows, problems, disabled, seen = [], [], [], {}
@@ -129,6 +132,12 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
         if enabled not in TRUE_WORDS | FALSE_WORDS:
             problem("enabled", f"{shown(values['enabled'])} is not yes/no")
 
+        resolved = {column: _resolve(base, values[column]) for column in ("source_image", "target_pose") if values[column]}
+        for column, input_uri in resolved.items():
+            refused = location_problem(input_uri, str(uri), tuple(allow_inputs))
+            if refused:
+                problem(column, refused)
+
         key = (values["garment_id"], values.get("variant_id") or values["target_pose"])
         if all(key) and key in seen:
             what = "variant_id" if values.get("variant_id") else "target_pose"
@@ -144,8 +153,8 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
             ManifestRow(
                 row=row_number,
                 garment_id=values["garment_id"],
-                source_image=_resolve(base, values["source_image"]),
-                target_pose=_resolve(base, values["target_pose"]),
+                source_image=resolved["source_image"],
+                target_pose=resolved["target_pose"],
                 variant_id=values.get("variant_id") or None,
                 seed=seed,
                 num_candidates=candidates,

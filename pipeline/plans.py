@@ -97,7 +97,7 @@ def plan_run(
         jobs = [job for job in jobs if keep(job)]
         outcomes = [outcome for outcome in outcomes if keep(outcome)]
     progress.stage("plan", len(jobs))
-    sources = fingerprint_sources([job.source_image for job in jobs], output)
+    sources = fingerprint_sources([job.source_image for job in jobs], output, settings.input_limits)
     poses = _resolve_poses(jobs, sources, resolver)
 
     usable: list[PlannedJob] = []

@@ -291,13 +291,18 @@ def description(capsys, *command: str) -> str:
 
 
 def test_run_options_left_out_take_run_settings_defaults_which_its_help_states(capsys):
+    from fpdm_cli.catalog_commands import RUN_OPTIONS
     from fpdm_cli.main import build_parser
     from pipeline.run import RunSettings
 
     args = build_parser().parse_args(["run", "manifest.csv", "--output", "out"])
-    assert not {"model", "batch_size", "pose_backend", "openpose_weights", "device", "force"} & set(vars(args))
+    assert set(RUN_OPTIONS) <= set(RunSettings().as_parameters())
+    assert not set(RUN_OPTIONS) & set(vars(args))
     helps = option_help(capsys, "run")
-    flags = {"--model": "model", "--batch-size": "batch_size", "--pose-backend": "pose_backend", "--device": "device"}
+    flags = {
+        "--model": "model", "--batch-size": "batch_size", "--pose-backend": "pose_backend", "--device": "device",
+        "--max-input-bytes": "max_input_bytes",
+    }  # fmt: skip
     for flag, field in flags.items():
         assert re.search(rf"\(default:? {getattr(RunSettings, field)}\)", helps[flag]), helps[flag]
 

@@ -26,7 +26,7 @@ _runs,photos/x.jpg,poses/front.json,,,,,,,
 
 
 def test_every_kind_of_row_error_is_reported_at_once_and_good_rows_survive():
-    manifest = parse_manifest(EVERY_ROW_ERROR.encode(), "s3://catalog/manifests/spring.csv")
+    manifest = parse_manifest(EVERY_ROW_ERROR.encode(), "s3://catalog/manifests/spring.csv", allow_inputs=("s3://poses",))
     reported = {(p.row, p.column) for p in manifest.problems}
     assert reported == {
         (3, "garment_id"),  # empty
@@ -146,3 +146,33 @@ def test_numbers_out_of_bounds_or_of_any_length_fail_their_row_only(column, valu
 def test_the_largest_seed_torch_takes_is_accepted():
     sheet = f"garment_id,source_image,target_pose,seed\ntee-1,a.jpg,b.json,{2**63 - 1}\ntee-2,a.jpg,b.json,7.0\n"
     assert [r.seed for r in parse_manifest(sheet.encode(), "m.csv").rows] == [2**63 - 1, 7]
+
+
+ELSEWHERE = """garment_id,source_image,target_pose
+tee-1,/etc/passwd,poses/front.json
+tee-2,photos/tee.jpg,/srv/poses/front.json
+tee-3,s3://other-team/photos/tee.jpg,poses/front.json
+tee-4,photos/tee.jpg,s3://poses/library/
+tee-5,s3://poses/library-old/x.jpg,poses/front.json
+tee-6,photos/tee.jpg,s3://catalog/poses/front.json
+"""
+
+
+def test_a_manifest_on_s3_takes_inputs_from_its_own_bucket_only_unless_a_prefix_is_allowed():
+    manifest = parse_manifest(ELSEWHERE.encode(), "s3://catalog/manifests/spring.csv")
+    assert [str(p) for p in manifest.problems] == [
+        "row 2, source_image: /etc/passwd: a local path in a manifest on S3; give an s3:// URI (or admit the folder with --allow-input)",
+        "row 3, target_pose: /srv/poses/front.json: a local path in a manifest on S3; give an s3:// URI (or admit the folder with --allow-input)",
+        "row 4, source_image: s3://other-team/photos/tee.jpg: outside the manifest's bucket catalog (--allow-input PREFIX admits another)",
+        "row 5, target_pose: s3://poses/library/: outside the manifest's bucket catalog (--allow-input PREFIX admits another)",
+        "row 6, source_image: s3://poses/library-old/x.jpg: outside the manifest's bucket catalog (--allow-input PREFIX admits another)",
+    ]
+    assert [r.row for r in manifest.rows] == [7]
+
+    allowed = parse_manifest(ELSEWHERE.encode(), "s3://catalog/manifests/spring.csv", ("s3://poses/library", "/srv/poses/"))
+    assert [p.row for p in allowed.problems] == [2, 4, 6]  # s3://poses/library admits its folder, not library-old
+
+
+def test_a_local_manifest_may_name_any_local_file_or_s3_uri(tmp_path):
+    manifest = parse_manifest(ELSEWHERE.encode(), str(tmp_path / "m.csv"))
+    assert manifest.problems == [] and len(manifest.rows) == 6

@@ -44,9 +44,9 @@ def reads(monkeypatch):
     counted = Counter()
     original = storage.read_bytes
 
-    def counting(uri):
+    def counting(uri, **options):
         counted[str(uri)] += 1
-        return original(uri)
+        return original(uri, **options)
 
     monkeypatch.setattr(storage, "read_bytes", counting)
     return counted
@@ -272,3 +272,16 @@ def test_out_of_memory_from_cuda_libraries_splits_the_batch_too(manifest, tmp_pa
     monkeypatch.setattr(FPDMPipeline, "__call__", a_bug)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # not split: a bug fails its batch
         run_batch(pipe, plan.chunks[0].batches[1], out, qc_detector(SETTINGS), plan.model_checksum)
+
+
+def test_an_input_over_the_byte_cap_fails_its_jobs_at_planning(manifest, tmp_path):
+    from dataclasses import replace
+
+    rows = read_manifest(manifest).rows
+    source, pose = rows[0].source_image, rows[0].target_pose
+    cap = max(Path(pose).stat().st_size, Path(source).stat().st_size) - 1
+    settings = replace(SETTINGS, max_input_bytes=cap)
+    plan = planned(manifest, str(tmp_path / "out"), settings=settings)
+    errors = {o.error for o in plan.outcomes if o.row == rows[0].row}
+    too_large = f"bytes, over the {cap}-byte limit for an input (max_input_bytes)"
+    assert len(errors) == 1 and too_large in errors.pop()
