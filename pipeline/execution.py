@@ -385,7 +385,7 @@ def finish_generated(
                 # The source read now may differ from the one planned on; the key records what was used.
                 "inputs_key": planned.inputs_key
                 if photo.sha256 == planned.source_sha256
-                else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum),
+                else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum, planned.pose.detector),
             }
             uri = outputs.write_variant(output, job, candidates[kept], sidecar)
         except InputError as error:

@@ -45,8 +45,10 @@ def sidecar_uri(output: str, job: Job) -> str:
     return storage.join(output, job.garment_id, f"{job.variant_id}.json")
 
 
-def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: str) -> str:
-    """A hash of everything that decides the variant's image: same key, same image."""
+def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: str, detector: str | None = None) -> str:
+    """A hash of everything that decides the variant's image: same key, same image. `detector`:
+    the identity of the pose detector that found a reference photo's pose (another detector
+    finds other keypoints); None for a keypoint file, whose keys stay as they were."""
     decisive = {
         "source": source_sha256,
         "pose": pose_sha256,
@@ -56,6 +58,8 @@ def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: s
         "guidance_scale": job.guidance_scale,
         "num_candidates": job.num_candidates,
     }
+    if detector is not None:
+        decisive["detector"] = detector
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
 

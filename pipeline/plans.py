@@ -110,7 +110,9 @@ def plan_run(
         if isinstance(pose, InputError):
             outcomes.append(failed(job, f"row {job.row}, target_pose: {pose}"))
             continue
-        usable.append(PlannedJob(job, source.sha256, pose, outputs.inputs_key(job, source.sha256, pose.sha256, checksum)))
+        usable.append(
+            PlannedJob(job, source.sha256, pose, outputs.inputs_key(job, source.sha256, pose.sha256, checksum, pose.detector))
+        )
 
     complete = {} if settings.force else outputs.complete_variants(output, usable)
     pending = []

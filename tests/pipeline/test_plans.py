@@ -285,3 +285,48 @@ def test_an_input_over_the_byte_cap_fails_its_jobs_at_planning(manifest, tmp_pat
     errors = {o.error for o in plan.outcomes if o.row == rows[0].row}
     too_large = f"bytes, over the {cap}-byte limit for an input (max_input_bytes)"
     assert len(errors) == 1 and too_large in errors.pop()
+
+
+class FixedDetector:
+    """A pose detector that finds the same standing pose on any photo, under a given identity."""
+
+    def __init__(self, identity: str):
+        self.identity = identity
+
+    def detect(self, image, name):
+        from model_core.keypoints import Keypoints
+
+        points = [[image.width / 2, image.height * (0.1 + 0.04 * i), 1.0] for i in range(18)]
+        return Keypoints(points, image.width, image.height)
+
+
+def test_the_pose_detector_is_part_of_a_photo_poses_inputs_key(manifest, tmp_path):
+    from PIL import Image
+
+    from pipeline.planning import PoseResolver
+
+    rows = read_manifest(manifest).rows
+    reference = Path(rows[0].source_image).with_name("reference.png")
+    Image.open(rows[1].source_image).save(reference)
+    photo_pose = tmp_path / "photo-pose.csv"
+    photo_pose.write_text(
+        f"garment_id,source_image,target_pose,variant_id,steps\n"
+        f"tee,{rows[0].source_image},{reference},from-photo,2\n"
+        f"tee,{rows[0].source_image},{rows[0].target_pose},from-file,2\n"
+    )
+    out = str(tmp_path / "out")
+
+    def plan_with(identity):
+        resolver = PoseResolver(out, lambda: FixedDetector(identity), "auto")
+        plan = plan_run(read_manifest(str(photo_pose)), out, SETTINGS, "run", resolver)
+        return {p.job.variant_id: p for chunk in plan.chunks for p in chunk.jobs}, plan
+
+    first, _ = plan_with("mediapipe-0.10")
+    for planned_job in first.values():
+        outputs.write_variant(out, planned_job.job, Image.new("RGB", (48, 64)), {"inputs_key": planned_job.inputs_key})
+
+    same, _ = plan_with("mediapipe-0.10")
+    assert same == {}  # both complete
+    switched, plan = plan_with("openpose-body25")
+    assert set(switched) == {"from-photo"}  # the photo's pose is regenerated; the keypoint file's is not
+    assert [o.variant_id for o in plan.outcomes if o.status == "skipped"] == ["from-file"]
