@@ -80,7 +80,9 @@ class RunSettings:
 @dataclass(frozen=True)
 class Selection:
     """The jobs a retry is about: job ids, and the numbers of rows that failed before they
-    became jobs (invalid rows). None of either means every job of the manifest."""
+    became jobs (invalid rows). A row fixed since is jobs now, kept by its row number; rows are
+    the sheet's, so an edit that moves rows moves what a retry takes up. None (no Selection)
+    means every job of the manifest."""
 
     job_ids: frozenset[str]
     rows: frozenset[int]
@@ -94,8 +96,8 @@ class Selection:
         )
 
     def keeps(self, outcome_or_job) -> bool:
-        if outcome_or_job.variant_id:
-            return outcome_or_job.job_id in self.job_ids
+        if outcome_or_job.variant_id and outcome_or_job.job_id in self.job_ids:
+            return True
         return outcome_or_job.row in self.rows
 
 
