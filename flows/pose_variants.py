@@ -76,8 +76,8 @@ def _not_bad_input(task, task_run, state) -> bool:
 
 
 @task(name="read-manifest", retries=2, retry_delay_seconds=10, retry_condition_fn=_not_bad_input, cache_policy=NO_CACHE)
-def read_manifest_task(manifest_uri: str) -> Manifest:
-    return read_manifest(manifest_uri)
+def read_manifest_task(manifest_uri: str, allow_inputs: tuple[str, ...]) -> Manifest:
+    return read_manifest(manifest_uri, allow_inputs)
 
 
 @task(name="detect-pose", task_run_name="detect-pose {uri}", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
@@ -109,7 +109,16 @@ def generate_chunk(
 ) -> list[JobOutcome]:
     pipe = shared_model(settings.model, settings.device)
     return execute_chunk(
-        pipe, output, run_id, index, qc_detector(settings), model_checksum, settings.qc, context, force=settings.force
+        pipe,
+        output,
+        run_id,
+        index,
+        qc_detector(settings),
+        model_checksum,
+        settings.qc,
+        context,
+        force=settings.force,
+        limits=settings.input_limits,
     )
 
 
@@ -138,6 +147,9 @@ def pose_variants(
     chunk_images: int = CHUNK_IMAGES,
     shard_of: str | None = None,
     attempt: int = 1,
+    allow_inputs: tuple[str, ...] = RunSettings.allow_inputs,
+    max_input_bytes: int = RunSettings.max_input_bytes,
+    image_formats: tuple[str, ...] = RunSettings.image_formats,
 ):
     """Pose variants for every row of a catalog manifest.
 
@@ -150,6 +162,9 @@ def pose_variants(
     chunk_images: images per chunk, the unit a task generates and a runner takes (size it so a
     chunk is tens of seconds of the model's time; docs/operations.md).
     shard_of, attempt: set by a parent on the runs it starts (the run whose plan to execute).
+    allow_inputs: folders (s3:// prefixes or local) a manifest on S3 may take inputs from besides
+    its own bucket. max_input_bytes: a source photo or pose file larger than this fails its row.
+    image_formats: the formats photos may come in (Pillow's names).
     """
     settings = RunSettings(
         model=model,
@@ -158,6 +173,9 @@ def pose_variants(
         openpose_weights=openpose_weights,
         device=device,
         force=force,
+        allow_inputs=tuple(allow_inputs),
+        max_input_bytes=max_input_bytes,
+        image_formats=tuple(image_formats),
     )
     if shard_of is not None:
         # A shard: the parent planned; take chunks of its stored plan until none is left.
@@ -173,7 +191,7 @@ def pose_variants(
     summary = run_summary(manifest, output, settings, flow_run=run_id, retry_of=retry_of)
     stored = load_plan(output, run_id)
     if stored is None:
-        rows = read_manifest_task(manifest)
+        rows = read_manifest_task(manifest, settings.allow_inputs)
         detect_reference_poses(rows, output, settings, only)
         stored = plan(rows, output, settings, run_id, only, chunk_images)
     summary.update(plan_summary(stored))

@@ -7,6 +7,7 @@ Prefect, torch and the model are imported when a run starts, never for `fpdm --h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from fpdm_cli.arguments import add_detector_arguments, add_device_argument, given_options
@@ -18,7 +19,19 @@ EXIT_SOME_FAILED = 1
 # default, so an option left out is absent and RunSettings' own default applies: the defaults
 # live in pipeline/run.py only. The help texts repeat them for the reader (pipeline.run imports
 # torch, which `fpdm --help` must not load); tests/test_cli.py checks that they agree.
-RUN_OPTIONS = ("model", "batch_size", "pose_backend", "openpose_weights", "device", "force")
+RUN_OPTIONS = (
+    "model", "batch_size", "pose_backend", "openpose_weights", "device", "force",
+    "allow_inputs", "max_input_bytes", "image_formats",
+)  # fmt: skip
+ALLOW_INPUT_HELP = (
+    "with a manifest on S3, also take inputs from this folder (an s3:// prefix, or a local folder); "
+    "repeatable. By default a manifest on S3 takes inputs from its own bucket only, and a local manifest "
+    "from anywhere"
+)
+
+
+def add_allow_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-input", dest="allow_inputs", action="append", metavar="PREFIX", help=ALLOW_INPUT_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +56,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_detector_arguments(run, "--pose-backend", POSE_BACKENDS, default=argparse.SUPPRESS)
     add_device_argument(run, default=argparse.SUPPRESS)
     run.add_argument("--force", action="store_true", help="regenerate variants that are already complete")
+    add_allow_input(run)
+    run.add_argument(
+        "--max-input-bytes",
+        dest="max_input_bytes",
+        type=int,
+        metavar="N",
+        help="a source photo or pose file larger than this fails its row (default 67108864)",
+    )
+    run.add_argument(
+        "--image-format",
+        dest="image_formats",
+        action="append",
+        metavar="FORMAT",
+        help="a format photos may come in, by Pillow's name (repeatable; default JPEG, PNG and WEBP)",
+    )
     run.add_argument(
         "--dry-run",
         dest="dry_run",
@@ -61,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     retry.add_argument("report", help="a run report: path or s3:// URI")
     retry.add_argument("--device", metavar="D", help="run on this device instead of the recorded one")
+    add_allow_input(retry)
     retry.set_defaults(run=run_retry)
 
     validate = subparsers.add_parser(
@@ -73,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "num_candidates, steps, guidance_scale, enabled, notes (optional); any other is kept as metadata.",
     )
     validate.add_argument("manifest", help="manifest CSV: a path or an s3:// URI")
+    add_allow_input(validate)
     validate.set_defaults(run=run_validate)
 
 
@@ -80,8 +110,8 @@ def run_run(args: argparse.Namespace) -> int:
     from pipeline.manifest import read_manifest
     from pipeline.run import RunSettings, check_settings
 
-    read_manifest(args.manifest)  # unusable: one error line and exit 2 before anything starts
     settings = RunSettings(**given_options(args, RUN_OPTIONS))
+    read_manifest(args.manifest, settings.allow_inputs)  # unusable: one error line and exit 2 before anything starts
     check_settings(settings)
     return run_flow(args.manifest, args.output, settings, retry_of=None, dry_run=getattr(args, "dry_run", False))
 
@@ -91,6 +121,8 @@ def run_retry(args: argparse.Namespace) -> int:
 
     manifest, output, recorded = recorded_run(args.report)
     settings = RunSettings(**{**recorded, **({"device": args.device} if args.device else {})})
+    if args.allow_inputs:
+        settings = dataclasses.replace(settings, allow_inputs=(*settings.allow_inputs, *args.allow_inputs))
     check_settings(settings)
     return run_flow(manifest, output, settings, retry_of=args.report)
 
@@ -145,7 +177,7 @@ def quiet_prefect() -> None:
 def run_validate(args: argparse.Namespace) -> int:
     from pipeline.manifest import read_manifest
 
-    manifest = read_manifest(args.manifest)
+    manifest = read_manifest(args.manifest, tuple(args.allow_inputs or ()))
     if manifest.problems:
         width = max(len(p.column) for p in manifest.problems)
         print(f"{'row':>5}  {'column':<{width}}  problem")

@@ -24,53 +24,67 @@ from .skeletons import render_skeleton
 # mistake, and decoding it would take the worker's memory with it.
 MAX_IMAGE_PIXELS = 64_000_000
 MIN_IMAGE_SIDE = 16
+# Catalog photos are portrait or square, up to a full-body 1:3; a banner or a strip is no photo of
+# a person, and the model would see it as a sliver in a wide border.
+MAX_ASPECT_RATIO = 4.0
+# The formats photos come in. Pillow would otherwise try every decoder it knows, and some hand
+# the bytes to other programs (EPS to Ghostscript).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
 
 PHOTO_FILL = (255, 255, 255)  # catalog photos sit on a light background
 SKELETON_FILL = (0, 0, 0)  # skeletons are drawn on black
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes to RGB, with one clear error naming `name` for anything unusable."""
+def decode_image(data: bytes, name: str, formats: tuple[str, ...] = PHOTO_FORMATS) -> Image.Image:
+    """Decode image bytes in one of `formats` to RGB, with one clear error naming `name` for
+    anything unusable."""
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise InputError(f"{name}: image is {width}x{height}, over the {MAX_IMAGE_PIXELS} pixel limit")
+        with _open(data, name, formats) as image:
+            _check_size(*image.size, name)
             image.load()
             rgb = image.convert("RGB")
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
         raise InputError(f"{name}: image too large to decode safely ({exc})") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image in a format Pillow reads (JPEG, PNG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
-    if min(rgb.size) < MIN_IMAGE_SIDE:
-        raise InputError(f"{name}: image is {rgb.width}x{rgb.height}, smaller than {MIN_IMAGE_SIDE} px on a side")
     return rgb
 
 
-def read_image_size(data: bytes, name: str) -> tuple[int, int]:
+def read_image_size(data: bytes, name: str, formats: tuple[str, ...] = PHOTO_FORMATS) -> tuple[int, int]:
     """(width, height) from an image's header alone, with decode_image's checks of format and
     size: what planning needs of a photo, at the cost of a few kilobytes of parsing rather than
     decoding megapixels. A file whose body is damaged passes here and fails when decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open(data, name, formats) as image:
             width, height = image.size
-    except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image in a format Pillow reads (JPEG, PNG, WebP, ...)") from None
+    except InputError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    _check_size(width, height, name)
+    return width, height
+
+
+def _open(data: bytes, name: str, formats: tuple[str, ...]) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image in a format accepted for photos ({', '.join(formats)})") from None
+
+
+def _check_size(width: int, height: int, name: str) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"{name}: image is {width}x{height}, over the {MAX_IMAGE_PIXELS} pixel limit")
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InputError(f"{name}: image is {width}x{height}, smaller than {MIN_IMAGE_SIDE} px on a side")
-    return width, height
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InputError(f"{name}: image is {width}x{height}, an aspect ratio beyond {MAX_ASPECT_RATIO:g}:1")
 
 
 def load_image(path: str | Path) -> Image.Image:

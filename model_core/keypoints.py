@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -60,6 +61,15 @@ ACCEPTED_FORMATS = (
 )
 
 FIT_MODES = ("pad", "crop")
+
+# What a keypoint file may describe: a canvas no larger than any photo the model takes, and
+# points on it, give or take a margin (a fraction of the canvas side) for a foot or a hand just
+# past the edge. A pose that lies off its canvas would draw an empty skeleton.
+MAX_CANVAS_SIDE = 16384
+CANVAS_MARGIN = 0.1
+# coco18 and OpenPose files nest four levels deep; anything far deeper is not a pose file, and
+# json's parser would recurse through it.
+MAX_JSON_NESTING = 32
 
 
 @dataclass(frozen=True)
@@ -113,8 +123,9 @@ class Keypoints:
     def __post_init__(self):
         try:
             points = np.array(self.points, dtype=np.float32)  # a copy, so callers can't change ours
-        except (TypeError, ValueError) as error:
-            raise InputError(f"keypoints are not a numeric (18, 3) array: {error}") from None
+        except (TypeError, ValueError, OverflowError):
+            # numpy's message would quote the offending value, which may be any text of the file.
+            raise InputError("keypoints are not a numeric (18, 3) array of finite numbers") from None
         if points.shape != (NUM_KEYPOINTS, 3):
             raise InputError(f"keypoints must have shape (18, 3) (x, y, confidence), got {points.shape}")
         if not np.isfinite(points).all():
@@ -282,23 +293,20 @@ def parse_keypoints(
     if suffix == ".txt":
         if width is None:
             width, height = default_size or DEEPFASHION_PHOTO_SIZE
-        return keypoints_from_deepfashion_txt(text, width, height, source=name)
+        return _on_canvas(keypoints_from_deepfashion_txt(text, width, height, source=name), name)
 
-    try:
-        content = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{name}: not valid JSON ({error}); accepted: {ACCEPTED_FORMATS}") from None
+    content = load_json(text, name)
     if isinstance(content, dict) and content.get("format") == "coco18":
         keypoints = Keypoints.from_json(content, source=name)
         if width is not None and (width, height) != (keypoints.width, keypoints.height):
             raise InputError(
                 f"{name}: keypoints are for a {keypoints.width}x{keypoints.height} canvas, expected {width}x{height}"
             )
-        return keypoints
+        return _on_canvas(keypoints, name)
     if isinstance(content, dict) and "people" in content:
         if width is None and default_size is not None and not _openpose_canvas(content):
             width, height = default_size
-        return keypoints_from_openpose(content, width, height, source=name)
+        return _on_canvas(keypoints_from_openpose(content, width, height, source=name), name)
     raise InputError(f"{name}: JSON is neither coco18 nor OpenPose; accepted: {ACCEPTED_FORMATS}")
 
 
@@ -337,7 +345,7 @@ def keypoints_from_openpose(
         raise InputError(f'{source}: first person has no "pose_keypoints_2d"')
     try:
         values = np.asarray(flat, dtype=np.float32).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f'{source}: "pose_keypoints_2d" must be a list of numbers') from None
 
     if values.size == NUM_KEYPOINTS * 3:
@@ -379,7 +387,39 @@ def keypoints_from_deepfashion_txt(
     return _keypoints(points, width, height, source)
 
 
+def load_json(text: str, name: str):
+    """JSON text parsed, with one InputError naming `name` for anything unusable: invalid JSON,
+    nesting deeper than MAX_JSON_NESTING (refused before the parser recurses into it), numbers
+    too long to convert."""
+    depth = json_nesting(text)
+    if depth > MAX_JSON_NESTING:
+        raise InputError(f"{name}: JSON nested {depth} levels deep, more than {MAX_JSON_NESTING}; accepted: {ACCEPTED_FORMATS}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{name}: not valid JSON ({error.msg} at line {error.lineno}); accepted: {ACCEPTED_FORMATS}") from None
+    except (ValueError, RecursionError):
+        raise InputError(f"{name}: not usable JSON (a number too long to read); accepted: {ACCEPTED_FORMATS}") from None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_nesting(text: str) -> int:
+    """How deep the arrays and objects of JSON text nest (brackets inside strings not counted),
+    without parsing it."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _keypoints(points, width: int, height: int, source: str) -> Keypoints:
+    for what, size in (("canvas width", width), ("canvas height", height)):
+        if size > MAX_CANVAS_SIDE:
+            raise InputError(f"{source}: {what} {size} is larger than {MAX_CANVAS_SIDE}")
     # Keypoints' own checks don't know the file; prefix it so the error names it.
     try:
         return Keypoints(points, width, height)
@@ -387,10 +427,28 @@ def _keypoints(points, width: int, height: int, source: str) -> Keypoints:
         raise InputError(f"{source}: {error}") from None
 
 
+def _on_canvas(keypoints: Keypoints, source: str) -> Keypoints:
+    """A pose file's keypoints, refused where they would draw an empty or clipped skeleton:
+    none visible, or a visible point off the canvas by more than CANVAS_MARGIN."""
+    if not keypoints.visible.any():
+        raise InputError(f"{source}: no visible keypoint (every confidence is 0): the skeleton would be empty")
+    size = np.array([keypoints.width, keypoints.height])
+    xy = keypoints.points[:, :2]
+    outside = ((xy < -CANVAS_MARGIN * size) | (xy > (1 + CANVAS_MARGIN) * size)).any(axis=1) & keypoints.visible
+    if outside.any():
+        names = ", ".join(COCO18_NAMES[i] for i in np.flatnonzero(outside))
+        raise InputError(f"{source}: keypoints off the {keypoints.width}x{keypoints.height} canvas: {names}")
+    return keypoints
+
+
 def _positive_int(value, what: str, source: str) -> int:
     # JSON writers sometimes emit 750.0 for 750.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InputError(f"{source}: {what} must be a positive integer, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 24 else f"{type(value).__name__} of {len(repr(value))} characters"
+        raise InputError(f"{source}: {what} must be a positive integer, got {shown}")
+    if value > MAX_CANVAS_SIDE:
+        shown = value if value < 10**12 else f"a {len(str(value))}-digit number"
+        raise InputError(f"{source}: {what} is {shown}, larger than {MAX_CANVAS_SIDE}")
     return int(value)

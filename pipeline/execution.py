@@ -30,6 +30,7 @@ from model_core.images import decode_image
 from model_core.pipeline_fpdm import FPDMPipeline
 
 from . import outputs, progress, storage
+from .inputs import DEFAULT_LIMITS, InputLimits
 from .planning import SUCCEEDED, Batch, JobOutcome, PlannedJob, failed
 from .plans import load_chunk, skipped_as_complete
 from .qc import DEFAULT_QC, ModelReference, QCConfig, best_candidate, check_image
@@ -45,9 +46,9 @@ class SourcePhoto:
     image: Image.Image
 
 
-def read_source(uri: str) -> SourcePhoto:
-    data = storage.read_bytes(uri)
-    return SourcePhoto(uri, hashlib.sha256(data).hexdigest(), decode_image(data, uri))
+def read_source(uri: str, limits: InputLimits = DEFAULT_LIMITS) -> SourcePhoto:
+    data = storage.read_bytes(uri, max_bytes=limits.max_bytes)
+    return SourcePhoto(uri, hashlib.sha256(data).hexdigest(), decode_image(data, uri, limits.image_formats))
 
 
 class ChunkIncomplete(RuntimeError):
@@ -73,6 +74,7 @@ def execute_chunk(
     context: dict | None = None,
     force: bool = False,
     pipelined: bool = True,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> list[JobOutcome]:
     """Run chunk `index` of the stored plan of `run_id`: every job not yet complete, batch by
     batch. Stores and returns an outcome per job; raises ChunkIncomplete after storing them if a
@@ -123,7 +125,7 @@ def execute_chunk(
         for batch in batches:
             failures: list[JobOutcome] = []
             try:
-                prepared = prepare_batch(batch)
+                prepared = prepare_batch(batch, limits)
                 failures = prepared.failures
                 outcomes.extend(failures + finish(generate_prepared(pipe, prepared)))
                 if not prepared.ready:
@@ -131,14 +133,16 @@ def execute_chunk(
             except Exception as error:  # noqa: BLE001 - one broken batch must not stop the chunk
                 fail(batch, error, failures)
     else:
-        _execute_pipelined(pipe, batches, finish, outcomes, fail)
+        _execute_pipelined(pipe, batches, finish, outcomes, fail, limits)
     store_chunk_outcomes(output, run_id, index, outcomes)
     if errors:
         raise ChunkIncomplete(index, outcomes, errors)
     return outcomes
 
 
-def _execute_pipelined(pipe: FPDMPipeline, batches: list[Batch], finish, outcomes: list[JobOutcome], fail) -> None:
+def _execute_pipelined(
+    pipe: FPDMPipeline, batches: list[Batch], finish, outcomes: list[JobOutcome], fail, limits: InputLimits
+) -> None:
     """prepare (thread) -> generate (this thread: the accelerator) -> finish (thread), one batch
     in each stage at a time. A batch that fails in any stage fails alone; its jobs already
     written stay succeeded."""
@@ -148,7 +152,7 @@ def _execute_pipelined(pipe: FPDMPipeline, batches: list[Batch], finish, outcome
         ThreadPoolExecutor(1, thread_name_prefix="prepare") as preparer,
         ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher,
     ):
-        next_prepared = preparer.submit(prepare_batch, batches[0])
+        next_prepared = preparer.submit(prepare_batch, batches[0], limits)
         finishing: tuple[Batch, list[JobOutcome], Future] | None = None
 
         def collect() -> None:
@@ -164,7 +168,7 @@ def _execute_pipelined(pipe: FPDMPipeline, batches: list[Batch], finish, outcome
             except Exception as error:  # noqa: BLE001
                 prepared = error
             if k + 1 < len(batches):
-                next_prepared = preparer.submit(prepare_batch, batches[k + 1])
+                next_prepared = preparer.submit(prepare_batch, batches[k + 1], limits)
             if isinstance(prepared, Exception):
                 fail(batch, prepared, [])
                 continue
@@ -242,14 +246,14 @@ class GeneratedBatch:
     seconds_per_image: float
 
 
-def prepare_batch(batch: Batch) -> PreparedBatch:
+def prepare_batch(batch: Batch, limits: InputLimits = DEFAULT_LIMITS) -> PreparedBatch:
     """Read and decode the batch's sources, each once (I/O and CPU: runs ahead of the model)."""
     ready, failures, sources = [], [], {}
     for planned in batch.jobs:
         job = planned.job
         try:
             if job.source_image not in sources:
-                sources[job.source_image] = read_source(job.source_image)
+                sources[job.source_image] = read_source(job.source_image, limits)
         except InputError as error:
             failures.append(failed(job, f"row {job.row}, source_image: {error}"))
             continue
@@ -381,7 +385,7 @@ def finish_generated(
                 # The source read now may differ from the one planned on; the key records what was used.
                 "inputs_key": planned.inputs_key
                 if photo.sha256 == planned.source_sha256
-                else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum),
+                else outputs.inputs_key(job, photo.sha256, planned.pose.sha256, model_checksum, planned.pose.detector),
             }
             uri = outputs.write_variant(output, job, candidates[kept], sidecar)
         except InputError as error:

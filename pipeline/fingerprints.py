@@ -20,6 +20,7 @@ from model_core.errors import InputError
 from model_core.images import read_image_size
 
 from . import storage
+from .inputs import DEFAULT_LIMITS, InputLimits
 
 CACHE = "_cache"
 FINGERPRINTS = "fingerprints"
@@ -41,31 +42,35 @@ class SourceFingerprint:
         return self.width, self.height
 
 
-def fingerprint_sources(uris: list[str], output: str) -> dict[str, SourceFingerprint | InputError]:
+def fingerprint_sources(
+    uris: list[str], output: str, limits: InputLimits = DEFAULT_LIMITS
+) -> dict[str, SourceFingerprint | InputError]:
     """The fingerprint of every source (each URI once), or the error that makes it unusable;
     requests run concurrently, PLANNING_REQUESTS at a time."""
     unique = sorted(set(uris))
     with ThreadPoolExecutor(max_workers=PLANNING_REQUESTS) as pool:
-        return dict(zip(unique, pool.map(lambda uri: _fingerprint_or_error(uri, output), unique), strict=True))
+        return dict(zip(unique, pool.map(lambda uri: _fingerprint_or_error(uri, output, limits), unique), strict=True))
 
 
-def _fingerprint_or_error(uri: str, output: str) -> SourceFingerprint | InputError:
+def _fingerprint_or_error(uri: str, output: str, limits: InputLimits) -> SourceFingerprint | InputError:
     try:
-        return fingerprint_source(uri, output)
+        return fingerprint_source(uri, output, limits)
     except InputError as error:
         return error
 
 
-def fingerprint_source(uri: str, output: str) -> SourceFingerprint:
+def fingerprint_source(uri: str, output: str, limits: InputLimits = DEFAULT_LIMITS) -> SourceFingerprint:
     info = storage.stat(uri)
     if info is None:
         raise storage.StorageError(f"{uri}: no such {'object' if storage.is_s3(uri) else 'file'}")
+    if limits.max_bytes is not None and info.size > limits.max_bytes:
+        raise storage.too_large(uri, info.size, limits.max_bytes)
     cache_uri = _cache_uri(output, info)
     cached = _read_cached(cache_uri, uri)
     if cached is not None:
         return cached
-    data = storage.read_bytes(uri)
-    width, height = read_image_size(data, uri)
+    data = storage.read_bytes(uri, max_bytes=limits.max_bytes)
+    width, height = read_image_size(data, uri, limits.image_formats)
     fingerprint = SourceFingerprint(uri, hashlib.sha256(data).hexdigest(), len(data), width, height)
     storage.write_bytes(cache_uri, json.dumps(asdict(fingerprint)).encode(), content_type="application/json")
     return fingerprint

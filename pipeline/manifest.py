@@ -7,23 +7,28 @@ habits are normal input: a UTF-8 BOM, `;` as separator, trailing blank rows, str
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import math
 import re
 from dataclasses import dataclass, field
 
-import pandas as pd
-
 from model_core.errors import InputError
 
 from . import storage
+from .inputs import location_problem
 
 REQUIRED_COLUMNS = ("garment_id", "source_image", "target_pose")
 OPTIONAL_COLUMNS = ("variant_id", "seed", "num_candidates", "steps", "guidance_scale", "enabled", "notes")
 # Ids become parts of S3 keys and file names: letters, digits, '.', '_' and '-' only, and
-# not made of dots alone ('.', '..' would walk the key hierarchy).
-SAFE_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,128}$")
+# not made of dots alone ('.', '..' would walk the key hierarchy). Use with fullmatch: `$` alone
+# would let a trailing newline through.
+SAFE_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,128}")
+# Seeds go to torch.Generator.manual_seed, which takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+# Longer than any number a sheet means; bounds the work of converting it.
+MAX_NUMBER_CHARS = 32
 TRUE_WORDS, FALSE_WORDS = {"", "1", "true", "yes", "y", "x"}, {"0", "false", "no", "n"}
 
 
@@ -38,7 +43,7 @@ class RowProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"row {self.row}, {self.column}: {self.reason}"
+        return f"row {self.row}, {self.column}: {self.reason}" if self.column else f"row {self.row}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -73,19 +78,35 @@ class Manifest:
         return sorted({p.row for p in self.problems})
 
 
-def read_manifest(uri: str) -> Manifest:
-    return parse_manifest(storage.read_bytes(uri), uri)
+def read_manifest(uri: str, allow_inputs: tuple[str, ...] = ()) -> Manifest:
+    return parse_manifest(storage.read_bytes(uri), uri, allow_inputs)
 
 
-def parse_manifest(data: bytes, uri: str) -> Manifest:
-    table = _read_table(data, uri)
+def parse_manifest(data: bytes, uri: str, allow_inputs: tuple[str, ...] = ()) -> Manifest:
+    """The manifest's rows and every problem of its invalid ones. `allow_inputs`: folders besides
+    its own bucket that a manifest on S3 may take inputs from (pipeline.inputs)."""
+    columns, records = _read_records(data, uri)
     base = _location_of(uri)
     rows, problems, disabled, seen = [], [], [], {}
-    for index, record in enumerate(table.to_dict("records")):
-        row_number = index + 2
-        values = {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()) for k, v in record.items()}
+    for row_number, fields in records:
+        if isinstance(fields, RowProblem):
+            problems.append(fields)
+            continue
+        values = {column: value.strip() for column, value in zip(columns, fields, strict=False)}
         if not any(values.values()):
             continue  # a blank row in the middle of the sheet
+        if len(fields) != len(columns):
+            # A ',' in a free-text value that was not quoted shifts every later column: no value
+            # of the row can be trusted.
+            problems.append(
+                RowProblem(
+                    row_number,
+                    "",
+                    f"{len(fields)} values where the header has {len(columns)} columns "
+                    f"(a value with a separator in it must be in double quotes)",
+                )
+            )
+            continue
         row_problems: list[RowProblem] = []
 
         def problem(column: str, reason: str) -> None:
@@ -96,20 +117,26 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
                 problem(column, "empty")
         for column in ("garment_id", "variant_id"):
             value = values.get(column, "")
-            if value and not SAFE_ID.match(value):
-                problem(column, f"{value!r} is not a safe id (letters, digits, '.', '_', '-'; at most 128)")
+            if value and not SAFE_ID.fullmatch(value):
+                problem(column, f"{shown(value)} is not a safe id (letters, digits, '.', '_', '-'; at most 128)")
         if values["garment_id"].startswith("_"):
             problem(
                 "garment_id",
-                f"{values['garment_id']!r} starts with '_', which is kept for the output's own folders (_poses, _runs)",
+                f"{shown(values['garment_id'])} starts with '_', which is kept for the output's own folders (_poses, _runs)",
             )
-        seed = _number(values.get("seed", ""), int, "seed", problem, minimum=0)
+        seed = _number(values.get("seed", ""), int, "seed", problem, minimum=0, maximum=MAX_SEED)
         candidates = _number(values.get("num_candidates", ""), int, "num_candidates", problem, minimum=1, maximum=16)
         steps = _number(values.get("steps", ""), int, "steps", problem, minimum=1, maximum=1000)
         guidance = _number(values.get("guidance_scale", ""), float, "guidance_scale", problem, minimum=0.0, maximum=50.0)
         enabled = values.get("enabled", "").lower()
         if enabled not in TRUE_WORDS | FALSE_WORDS:
-            problem("enabled", f"{values['enabled']!r} is not yes/no")
+            problem("enabled", f"{shown(values['enabled'])} is not yes/no")
+
+        resolved = {column: _resolve(base, values[column]) for column in ("source_image", "target_pose") if values[column]}
+        for column, input_uri in resolved.items():
+            refused = location_problem(input_uri, str(uri), tuple(allow_inputs))
+            if refused:
+                problem(column, refused)
 
         key = (values["garment_id"], values.get("variant_id") or values["target_pose"])
         if all(key) and key in seen:
@@ -126,8 +153,8 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
             ManifestRow(
                 row=row_number,
                 garment_id=values["garment_id"],
-                source_image=_resolve(base, values["source_image"]),
-                target_pose=_resolve(base, values["target_pose"]),
+                source_image=resolved["source_image"],
+                target_pose=resolved["target_pose"],
                 variant_id=values.get("variant_id") or None,
                 seed=seed,
                 num_candidates=candidates,
@@ -140,34 +167,68 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
     return Manifest(uri=str(uri), rows=rows, problems=problems, disabled=disabled, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _read_table(data: bytes, uri: str) -> pd.DataFrame:
+def shown(value: str, limit: int = 40) -> str:
+    """A value quoted for a message, cut short: a message names a bad value, it does not echo a
+    whole cell (or file)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _read_records(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, list[str] | RowProblem]]]:
+    """The header's column names, and every record after it with its spreadsheet row number
+    (the header is row 1; a blank line is a row too, so the numbers are the sheet's). A record
+    the CSV reader cannot read is a problem of that row alone."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{uri}: not UTF-8 text (byte {exc.start}); save the sheet as CSV UTF-8") from None
-    header = text.splitlines()[0] if text.strip() else ""
-    separator = ";" if header.count(";") > header.count(",") else ","
+    header_line = text.splitlines()[0] if text.strip() else ""
+    separator = ";" if header_line.count(";") > header_line.count(",") else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     try:
-        table = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False, skip_blank_lines=True)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise ManifestError(f"{uri}: not a readable CSV ({' '.join(str(exc).split())})") from None
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+        header = next(reader, [])
+    except csv.Error as exc:
+        raise ManifestError(f"{uri}: the header is not readable CSV ({exc})") from None
+    columns = [name.strip() for name in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise ManifestError(f"{uri}: missing required column(s) {', '.join(missing)} (has: {', '.join(table.columns)})")
-    return table
+        raise ManifestError(f"{uri}: missing required column(s) {', '.join(missing)} (has: {', '.join(columns)})")
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise ManifestError(f"{uri}: column(s) {', '.join(duplicated)} appear more than once in the header")
+    records: list[tuple[int, list[str] | RowProblem]] = []
+    row_number = 1
+    while True:
+        row_number += 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a value past the reader's field size limit
+            records.append((row_number, RowProblem(row_number, "", f"not readable CSV ({exc})")))
+            continue
+        records.append((row_number, fields))
+    return columns, records
 
 
 def _number(text: str, kind, column: str, problem, minimum=None, maximum=None):
     if not text:
         return None
+    if len(text) > MAX_NUMBER_CHARS:
+        problem(column, f"{shown(text, 12)} is not a number this column takes (over {MAX_NUMBER_CHARS} characters)")
+        return None
     try:
-        value = kind(float(text)) if kind is int and re.fullmatch(r"\d+\.0*", text) else kind(text)
+        if kind is int:
+            whole = re.fullmatch(r"([+-]?\d+)(?:\.0*)?", text)  # a sheet may write 7 as 7.0
+            if whole is None:
+                raise ValueError(text)
+            value = int(whole.group(1))
+        else:
+            value = float(text)
     except ValueError:
-        problem(column, f"{text!r} is not {'a whole number' if kind is int else 'a number'}")
+        problem(column, f"{shown(text)} is not {'a whole number' if kind is int else 'a number'}")
         return None
     if isinstance(value, float) and not math.isfinite(value):
-        problem(column, f"{text!r} is not a finite number")
+        problem(column, f"{shown(text)} is not a finite number")
         return None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         problem(column, f"{text} is outside {minimum}..{maximum}" if maximum is not None else f"{text} is below {minimum}")

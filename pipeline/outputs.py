@@ -45,8 +45,10 @@ def sidecar_uri(output: str, job: Job) -> str:
     return storage.join(output, job.garment_id, f"{job.variant_id}.json")
 
 
-def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: str) -> str:
-    """A hash of everything that decides the variant's image: same key, same image."""
+def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: str, detector: str | None = None) -> str:
+    """A hash of everything that decides the variant's image: same key, same image. `detector`:
+    the identity of the pose detector that found a reference photo's pose (another detector
+    finds other keypoints); None for a keypoint file, whose keys stay as they were."""
     decisive = {
         "source": source_sha256,
         "pose": pose_sha256,
@@ -56,6 +58,8 @@ def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: s
         "guidance_scale": job.guidance_scale,
         "num_candidates": job.num_candidates,
     }
+    if detector is not None:
+        decisive["detector"] = detector
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
 
@@ -196,11 +200,8 @@ def write_contact_sheet(output: str, garment_id: str) -> str | None:
     # The trailing '/' keeps garment 'tee' from listing garment 'tee-2' on S3.
     for uri in storage.list_prefix(folder + "/" if storage.is_s3(folder) else folder):
         if uri.endswith(".json"):
-            try:
-                sidecars.append(json.loads(storage.read_bytes(uri)))
-            except (InputError, ValueError):
-                continue
-    sidecars = [s for s in sidecars if isinstance(s, dict) and s.get("garment_id") == garment_id and "image" in s]
+            sidecars.append(_read_sidecar(uri))
+    sidecars = [s for s in sidecars if s and s.get("garment_id") == garment_id and isinstance(s.get("image"), dict)]
     if not sidecars:
         return None
     sidecars.sort(key=lambda s: s["variant_id"])

@@ -24,6 +24,7 @@ from model_core.images import decode_image
 from model_core.keypoints import KEYPOINT_SUFFIXES, Keypoints, parse_keypoints
 
 from . import storage
+from .inputs import DEFAULT_LIMITS, InputLimits
 from .manifest import SAFE_ID, Manifest, ManifestRow
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -141,7 +142,7 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
                 notes=row.notes,
                 extra=dict(row.extra),
             )
-            if not SAFE_ID.match(variant_id):
+            if not SAFE_ID.fullmatch(variant_id):
                 outcomes.append(
                     failed(
                         job,
@@ -207,9 +208,10 @@ class PoseResolver:
     never loads a detection model.
     """
 
-    def __init__(self, output: str, make_detector, backend: str):
+    def __init__(self, output: str, make_detector, backend: str, limits: InputLimits = DEFAULT_LIMITS):
         self.output = output
         self.backend = backend
+        self.limits = limits
         self._make_detector = make_detector
         self._detector = None
         self._detector_lock = threading.Lock()  # planning resolves poses from several threads
@@ -245,7 +247,7 @@ class PoseResolver:
                 f"{uri}: not a pose file; give a keypoint file ({', '.join(KEYPOINT_SUFFIXES)}) "
                 f"or a reference photo ({', '.join(PHOTO_SUFFIXES)})"
             )
-        data = storage.read_bytes(uri)
+        data = storage.read_bytes(uri, max_bytes=self.limits.max_bytes)
         sha256 = hashlib.sha256(data).hexdigest()
         if suffix in KEYPOINT_SUFFIXES:
             return TargetPose(uri, sha256, parse_keypoints(data, uri, default_size=canvas), None)
@@ -257,10 +259,10 @@ class PoseResolver:
             try:
                 cached = Keypoints.from_json(json.loads(storage.read_bytes(cache_uri)), source=cache_uri)
                 return TargetPose(uri, sha256, cached, detector.identity)
-            except (InputError, ValueError):
+            except (InputError, ValueError, TypeError, RecursionError):
                 pass  # a damaged cache entry is detected again and rewritten
         started = time.perf_counter()
-        keypoints = detector.detect(decode_image(data, uri), uri)
+        keypoints = detector.detect(decode_image(data, uri, self.limits.image_formats), uri)
         self.detection_seconds += time.perf_counter() - started
         storage.write_bytes(cache_uri, json.dumps(keypoints.to_json()).encode(), content_type="application/json")
         return TargetPose(uri, sha256, keypoints, detector.identity)

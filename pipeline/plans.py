@@ -97,7 +97,7 @@ def plan_run(
         jobs = [job for job in jobs if keep(job)]
         outcomes = [outcome for outcome in outcomes if keep(outcome)]
     progress.stage("plan", len(jobs))
-    sources = fingerprint_sources([job.source_image for job in jobs], output)
+    sources = fingerprint_sources([job.source_image for job in jobs], output, settings.input_limits)
     poses = _resolve_poses(jobs, sources, resolver)
 
     usable: list[PlannedJob] = []
@@ -110,7 +110,9 @@ def plan_run(
         if isinstance(pose, InputError):
             outcomes.append(failed(job, f"row {job.row}, target_pose: {pose}"))
             continue
-        usable.append(PlannedJob(job, source.sha256, pose, outputs.inputs_key(job, source.sha256, pose.sha256, checksum)))
+        usable.append(
+            PlannedJob(job, source.sha256, pose, outputs.inputs_key(job, source.sha256, pose.sha256, checksum, pose.detector))
+        )
 
     complete = {} if settings.force else outputs.complete_variants(output, usable)
     pending = []

@@ -18,11 +18,15 @@ import functools
 import json
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from model_core.errors import InputError
+from model_core.images import PHOTO_FORMATS
 from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
 
 from . import outputs, progress, storage
 from .execution import load_chunk_outcomes
+from .inputs import InputLimits
 from .manifest import Manifest
 from .planning import FAILED, SUCCEEDED, JobOutcome, PoseResolver, RunDefaults, expand_jobs, failed, is_photo
 from .plans import CHUNK_IMAGES, StoredPlan, load_chunk, load_plan, plan_run, store_plan
@@ -40,8 +44,22 @@ class RunSettings:
     openpose_weights: str | None = None  # folder or s3:// prefix; else $FPDM_OPENPOSE_WEIGHTS
     device: str = "auto"
     force: bool = False  # regenerate variants that are already complete
+    # Folders (s3:// prefixes or local) that a manifest on S3 may take inputs from besides its
+    # own bucket (pipeline/inputs.py).
+    allow_inputs: tuple[str, ...] = ()
+    max_input_bytes: int = 64 * 2**20  # a source photo or pose file larger than this fails its row
+    image_formats: tuple[str, ...] = PHOTO_FORMATS  # Pillow's names of the formats photos may come in
     defaults: RunDefaults = field(default_factory=RunDefaults)
     qc: QCConfig = DEFAULT_QC
+
+    def __post_init__(self):
+        # Recorded settings (summary.json, a flow's parameters) come back as lists.
+        object.__setattr__(self, "allow_inputs", tuple(self.allow_inputs))
+        object.__setattr__(self, "image_formats", tuple(f.upper() for f in self.image_formats))
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(self.max_input_bytes, self.image_formats)
 
     def as_parameters(self) -> dict:
         """The settings a run is started with (the flow's parameters, the CLI's options), as
@@ -53,13 +71,18 @@ class RunSettings:
             "openpose_weights": self.openpose_weights,
             "device": self.device,
             "force": self.force,
+            "allow_inputs": list(self.allow_inputs),
+            "max_input_bytes": self.max_input_bytes,
+            "image_formats": list(self.image_formats),
         }
 
 
 @dataclass(frozen=True)
 class Selection:
     """The jobs a retry is about: job ids, and the numbers of rows that failed before they
-    became jobs (invalid rows). None of either means every job of the manifest."""
+    became jobs (invalid rows). A row fixed since is jobs now, kept by its row number; rows are
+    the sheet's, so an edit that moves rows moves what a retry takes up. None (no Selection)
+    means every job of the manifest."""
 
     job_ids: frozenset[str]
     rows: frozenset[int]
@@ -73,8 +96,8 @@ class Selection:
         )
 
     def keeps(self, outcome_or_job) -> bool:
-        if outcome_or_job.variant_id:
-            return outcome_or_job.job_id in self.job_ids
+        if outcome_or_job.variant_id and outcome_or_job.job_id in self.job_ids:
+            return True
         return outcome_or_job.row in self.rows
 
 
@@ -127,7 +150,10 @@ def detect_reference_pose(uri: str, output: str, settings: RunSettings) -> str |
 
 def pose_resolver(output: str, settings: RunSettings) -> PoseResolver:
     return PoseResolver(
-        output, lambda: shared_pose_detector(settings.pose_backend, settings.openpose_weights), settings.pose_backend
+        output,
+        lambda: shared_pose_detector(settings.pose_backend, settings.openpose_weights),
+        settings.pose_backend,
+        settings.input_limits,
     )
 
 
@@ -187,6 +213,16 @@ def check_settings(settings: RunSettings) -> None:
     model_checksum(settings.model)
     if settings.batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {settings.batch_size}")
+    if settings.max_input_bytes < 1:
+        raise InputError(f"max input bytes must be at least 1, got {settings.max_input_bytes}")
+    unknown = sorted(set(settings.image_formats) - set(Image.registered_extensions().values()))
+    if unknown or not settings.image_formats:
+        raise InputError(f"image formats: {', '.join(unknown) or 'none given'}; Pillow's names are e.g. JPEG, PNG, WEBP, TIFF")
+    for prefix in settings.allow_inputs:
+        if storage.is_s3(prefix):
+            storage.parse_s3(prefix)  # a bucket at least
+        elif not prefix.startswith("/"):
+            raise InputError(f"--allow-input {prefix}: give an s3:// prefix or an absolute folder")
     if settings.pose_backend != "keypoints":
         shared_pose_detector(settings.pose_backend, settings.openpose_weights)
 
@@ -198,5 +234,5 @@ def recorded_run(report_uri: str) -> tuple[str, str, dict]:
     try:
         summary = json.loads(storage.read_bytes(summary_uri))
         return summary["manifest"], summary["output"], dict(summary["settings"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InputError(f"{summary_uri}: not the summary of a run (expected manifest, output and settings)") from None

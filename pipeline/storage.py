@@ -103,20 +103,35 @@ def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
     return StorageError(f"{uri}: S3 unreachable or unconfigured ({exc.__class__.__name__})")
 
 
-def read_bytes(uri: str | Path) -> bytes:
+def read_bytes(uri: str | Path, max_bytes: int | None = None) -> bytes:
+    """A whole object. With `max_bytes`, an object larger than that is refused before its body
+    is read (a StorageError naming its size)."""
     uri = str(uri)
     if is_s3(uri):
         location = parse_s3(uri)
         try:
-            return _client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+            response = _client().get_object(Bucket=location.bucket, Key=location.key)
+            if max_bytes is not None and int(response["ContentLength"]) > max_bytes:
+                response["Body"].close()
+                raise too_large(uri, int(response["ContentLength"]), max_bytes)
+            return response["Body"].read()
+        except StorageError:
+            raise
         except Exception as exc:  # botocore raises many unrelated classes
             raise _s3_error(uri, exc) from None
     try:
+        if max_bytes is not None and (size := os.stat(uri).st_size) > max_bytes:
+            raise too_large(uri, size, max_bytes)
         return Path(uri).read_bytes()
     except FileNotFoundError:
         raise StorageError(f"{uri}: no such file") from None
     except OSError as exc:
         raise StorageError(f"{uri}: cannot read ({exc.strerror or exc})") from None
+
+
+def too_large(uri: str, size: int, max_bytes: int) -> StorageError:
+    """The error for an input over the run's byte cap."""
+    return StorageError(f"{uri}: {size} bytes, over the {max_bytes}-byte limit for an input (max_input_bytes)")
 
 
 def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> None:

@@ -253,6 +253,39 @@ def test_validate_exit_codes_follow_the_manifest(tmp_path):
     assert unusable.stderr.strip().startswith("fpdm: error:") and "target_pose" in unusable.stderr
 
 
+def test_validate_of_a_manifest_on_s3_refuses_inputs_elsewhere_unless_allowed(s3, capsys):
+    from fpdm_cli.main import main
+    from pipeline import storage
+
+    sheet = "garment_id,source_image,target_pose\ntee,/etc/passwd,p.json\nhat,s3://team-b/hat.jpg,p.json\n"
+    storage.write_bytes("s3://catalog/m.csv", sheet.encode())
+    assert main(["validate", "s3://catalog/m.csv"]) == 1
+    listed = capsys.readouterr().out
+    assert (
+        "/etc/passwd: a local path in a manifest on S3" in listed
+        and "s3://team-b/hat.jpg: outside the manifest's bucket" in listed
+    )
+    assert main(["validate", "s3://catalog/m.csv", "--allow-input", "s3://team-b", "--allow-input", "/etc"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--allow-input", "poses/"], "--allow-input poses/: give an s3:// prefix or an absolute folder"),
+        (["--image-format", "NOPE"], "image formats: NOPE"),
+        (["--max-input-bytes", "0"], "max input bytes must be at least 1"),
+    ],
+)
+def test_run_refuses_unusable_input_settings_before_starting(tmp_path, capsys, option, message):
+    from fpdm_cli.main import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("garment_id,source_image,target_pose\ntee,a.jpg,b.json\n")
+    assert main(["run", str(manifest), "--output", str(tmp_path / "out"), *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # starts `fpdm` in a process of its own: seconds of imports
 def test_poses_detect_writes_coco18_files_and_goes_on_past_a_bad_photo(tmp_path, deepfashion_dir):
     photos = deepfashion_dir / "img"
@@ -291,13 +324,18 @@ def description(capsys, *command: str) -> str:
 
 
 def test_run_options_left_out_take_run_settings_defaults_which_its_help_states(capsys):
+    from fpdm_cli.catalog_commands import RUN_OPTIONS
     from fpdm_cli.main import build_parser
     from pipeline.run import RunSettings
 
     args = build_parser().parse_args(["run", "manifest.csv", "--output", "out"])
-    assert not {"model", "batch_size", "pose_backend", "openpose_weights", "device", "force"} & set(vars(args))
+    assert set(RUN_OPTIONS) <= set(RunSettings().as_parameters())
+    assert not set(RUN_OPTIONS) & set(vars(args))
     helps = option_help(capsys, "run")
-    flags = {"--model": "model", "--batch-size": "batch_size", "--pose-backend": "pose_backend", "--device": "device"}
+    flags = {
+        "--model": "model", "--batch-size": "batch_size", "--pose-backend": "pose_backend", "--device": "device",
+        "--max-input-bytes": "max_input_bytes",
+    }  # fmt: skip
     for flag, field in flags.items():
         assert re.search(rf"\(default:? {getattr(RunSettings, field)}\)", helps[flag]), helps[flag]
 

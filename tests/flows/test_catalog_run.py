@@ -171,7 +171,7 @@ def test_bad_rows_fail_alone_good_rows_are_written_and_a_rerun_skips_them(prefec
     before = {k: v for k, v in _objects(catalog, "out/").items() if not k.startswith("out/_runs/")}
     reads = []
     read_bytes = storage.read_bytes
-    monkeypatch.setattr(storage, "read_bytes", lambda uri: reads.append(str(uri)) or read_bytes(uri))
+    monkeypatch.setattr(storage, "read_bytes", lambda uri, **options: reads.append(str(uri)) or read_bytes(uri, **options))
     again = run_catalog(f"s3://{BUCKET}/in/manifest.csv", f"s3://{BUCKET}/out", SETTINGS)
     # The rerun downloaded no source of a complete variant: their fingerprints were cached, so
     # planning made a HEAD each. (The broken photos are read again, and fail again.)

@@ -162,11 +162,11 @@ def test_a_read_fault_in_a_shard_is_retried_and_every_job_is_done_exactly_once(
     faults = {"left": 1}
     read_bytes = storage.read_bytes
 
-    def throttled_once(uri):
+    def throttled_once(uri, **options):
         if str(uri).endswith("blouse/source.png") and faults["left"]:
             faults["left"] -= 1
             raise TransientStorageError(f"{uri}: S3 error SlowDown (transient)")
-        return read_bytes(uri)
+        return read_bytes(uri, **options)
 
     monkeypatch.setattr(storage, "read_bytes", throttled_once)
     for _ in range(2):  # two shards of the run, one after the other here: the second finds nothing left

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from model_core.errors import InputError
-from model_core.images import MAX_IMAGE_PIXELS, decode_image, load_image
+from model_core.images import MAX_IMAGE_PIXELS, decode_image, load_image, read_image_size
 
 
 def _encoded(image: Image.Image, fmt: str) -> bytes:
@@ -47,3 +47,31 @@ def test_text_and_missing_files_are_refused_with_their_names(tmp_path):
         load_image(text)
     with pytest.raises(InputError, match=r"absent.png: cannot read image"):
         load_image(tmp_path / "absent.png")
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 200\n0 0 moveto 100 200 lineto stroke\n%%EOF\n"
+
+
+@pytest.mark.parametrize("reader", [decode_image, read_image_size])
+def test_only_photo_formats_are_opened_unless_others_are_asked_for(reader):
+    assert Image.open(io.BytesIO(EPS)).format == "EPS"  # Pillow alone would take it (and call Ghostscript)
+    with pytest.raises(InputError, match=r"^art.jpg: not an image in a format accepted for photos \(JPEG, PNG, WEBP\)$"):
+        reader(EPS, "art.jpg")
+    gif = _encoded(Image.new("RGB", (40, 60)), "GIF")
+    with pytest.raises(InputError, match="not an image in a format accepted"):
+        reader(gif, "anim.gif")
+    size = reader(gif, "anim.gif", formats=("GIF",))
+    assert (size if isinstance(size, tuple) else size.size) == (40, 60)
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        reader(_encoded(Image.new("RGB", (40, 60)), fmt), f"photo.{fmt.lower()}")
+
+
+@pytest.mark.parametrize("reader", [decode_image, read_image_size])
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [((400, 40), "image is 400x40, an aspect ratio beyond 4:1"), ((20, 100), "image is 20x100, an aspect ratio beyond 4:1")],
+)
+def test_extreme_aspect_ratios_are_refused(reader, size, message):
+    with pytest.raises(InputError, match=f"^strip.png: {message}$"):
+        reader(_encoded(Image.new("L", size), "PNG"), "strip.png")
+    reader(_encoded(Image.new("L", (40, 160)), "PNG"), "full-body.png")  # 1:4 is still a photo

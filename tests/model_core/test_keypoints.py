@@ -420,3 +420,57 @@ def test_fit_image_pads_with_given_colour_and_keeps_aspect():
     columns_with_photo = np.flatnonzero(fitted[100].max(axis=1) > 0)
     assert (columns_with_photo.min(), columns_with_photo.max()) == (50, 149)
     assert fitted[:, :50].max() == 0 and fitted[:, 150:].max() == 0
+
+
+def _coco18(points, width=100, height=200) -> str:
+    return json.dumps({"format": "coco18", "width": width, "height": height, "keypoints": points})
+
+
+STANDING = [[50.0, 20.0 + 8 * i, 1.0] for i in range(18)]
+BIG = "9" * 400
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("wide.json", _coco18(STANDING, width=20000), "width is 20000, larger than 16384"),
+        ("huge.json", _coco18(STANDING).replace('"width": 100', f'"width": {BIG}'), "width is a 400-digit number"),
+        (
+            "openpose.json",
+            json.dumps({"canvas_width": 1, "canvas_height": 1, "people": []}).replace(
+                '"canvas_width": 1', f'"canvas_width": {BIG}'
+            ),
+            "canvas width is a 400-digit number",
+        ),
+        ("far.json", _coco18(STANDING).replace("[50.0, 20.0, 1.0]", f"[{BIG}, 20.0, 1.0]"), "finite numbers"),
+        ("inf.json", _coco18(STANDING).replace("[50.0, 20.0, 1.0]", "[1e400, 20.0, 1.0]"), "infinite"),
+        ("nan.json", _coco18(STANDING).replace("[50.0, 20.0, 1.0]", "[NaN, 20.0, 1.0]"), "NaN"),
+        ("negative.json", _coco18([[-60.0, y, c] for _, y, c in STANDING]), "keypoints off the 100x200 canvas: nose, neck"),
+        ("off.json", _coco18(STANDING[:17] + [[50.0, 900.0, 1.0]]), "keypoints off the 100x200 canvas: left_ear"),
+        ("empty.json", _coco18([[0.0, 0.0, 0.0]] * 18), "no visible keypoint"),
+        ("deep.json", "[" * 60_000 + "]" * 60_000, "JSON nested 60000 levels deep, more than 32"),
+        ("digits.json", "1" * 5000, "a number too long to read"),
+        ("off.txt", "\n".join(["300 300"] * 18), "keypoints off the 176x256 canvas"),
+    ],
+)
+def test_a_pose_file_that_would_draw_nothing_or_break_the_batch_is_refused_naming_it(name, content, message):
+    with pytest.raises(InputError, match=f"^{name}: ") as raised:
+        parse_keypoints(content.encode(), name)
+    assert message in str(raised.value)
+
+
+def test_points_just_past_the_canvas_edge_are_kept():
+    keypoints = parse_keypoints(_coco18(STANDING[:17] + [[105.0, 199.0, 1.0]]), "edge.json")
+    assert keypoints.points[17, 0] == 105.0
+
+
+def test_errors_about_a_pose_file_never_quote_its_contents():
+    secret = "root:x:0:0:root:/root:/bin/bash"
+    for content in (
+        _coco18([[secret, 1, 1]] * 18),
+        json.dumps({"format": "coco18", "width": secret * 3, "height": 10, "keypoints": STANDING}),
+        json.dumps({"people": [{"pose_keypoints_2d": [secret] * 54}], "canvas_width": 10, "canvas_height": 10}),
+    ):
+        with pytest.raises(InputError) as raised:
+            parse_keypoints(content, "pose.json")
+        assert "root:" not in str(raised.value)

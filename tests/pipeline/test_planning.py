@@ -166,13 +166,37 @@ def test_a_reference_photo_without_a_person_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out" / "_poses").exists() or not storage.list_prefix(tmp_path / "out" / "_poses")
 
 
-def test_a_damaged_cache_entry_is_detected_again(tmp_path, deepfashion_dir):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"{not json",
+        b"[" * 60_000 + b"]" * 60_000,
+        b"\xff\xfe not text",
+        b'{"format": "coco18", "width": 1e999, "height": 2, "keypoints": []}',
+        b'["a list"]',
+    ],
+)
+def test_a_damaged_cache_entry_is_detected_again(tmp_path, deepfashion_dir, damage):
     shutil.copy(deepfashion_dir / FRONT, tmp_path / "front.jpg")
     output = str(tmp_path / "out")
     detector = CountingDetector()
     pose = PoseResolver(output, lambda: detector, "mediapipe").resolve(str(tmp_path / "front.jpg"), (750, 1101))
     [entry] = storage.list_prefix(tmp_path / "out" / "_poses")
-    storage.write_bytes(entry, b"{not json")
+    storage.write_bytes(entry, damage)
     again = PoseResolver(output, lambda: detector, "mediapipe").resolve(str(tmp_path / "front.jpg"), (750, 1101))
     assert detector.calls == 2 and again.keypoints == pose.keypoints
     assert json.loads(storage.read_bytes(entry))["format"] == "coco18"
+
+
+def test_a_pose_file_name_with_a_trailing_newline_does_not_make_an_id(tmp_path):
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "walk\n.json").write_text("x")
+    (tmp_path / "set" / "front.json").write_text("x")
+    manifest = _manifest(tmp_path, "garment_id,source_image,target_pose\ntee,tee.jpg,set/\n")
+    jobs, outcomes = expand_jobs(manifest)
+    assert [j.job_id for j in jobs] == ["tee/front"]
+    (outcome,) = outcomes
+    assert (
+        outcome.error
+        == "row 2, variant_id: the pose file name 'walk\\n.json' does not make a safe id; set variant_id in the manifest"
+    )

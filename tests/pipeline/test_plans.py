@@ -44,9 +44,9 @@ def reads(monkeypatch):
     counted = Counter()
     original = storage.read_bytes
 
-    def counting(uri):
+    def counting(uri, **options):
         counted[str(uri)] += 1
-        return original(uri)
+        return original(uri, **options)
 
     monkeypatch.setattr(storage, "read_bytes", counting)
     return counted
@@ -139,6 +139,26 @@ def test_complete_means_the_image_is_there_as_its_sidecar_says(manifest, tmp_pat
     assert outputs.complete_variants(out, jobs) == {}
     pending = {p.job.job_id for chunk in planned(manifest, out, run_id="run-2").chunks for p in chunk.jobs}
     assert {jobs[0].job.job_id, jobs[1].job.job_id} <= pending  # a new run generates both again
+
+
+def test_an_unreadable_sidecar_is_treated_as_absent(manifest, tmp_path):
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, chunk_images=4)
+    execute_chunk(FPDMPipeline.from_pretrained("tiny", device="cpu"), out, "run-1", 0, qc_detector(SETTINGS), plan.model_checksum)
+    jobs = plan.chunks[0].jobs
+    key = jobs[0].inputs_key
+    damaged = [
+        json.dumps({"inputs_key": key}),  # the right key, but no image entry
+        json.dumps({"inputs_key": key, "image": "a string"}),
+        json.dumps({"inputs_key": key, "image": {"uri": ["a list"]}}),
+        "[" * 60_000 + "]" * 60_000,
+        "not json",
+    ]
+    for planned_job, text in zip(jobs, damaged, strict=False):
+        storage.write_bytes(outputs.sidecar_uri(out, planned_job.job), text.encode())
+    again = planned(manifest, out, run_id="run-2")
+    pending = {p.job.job_id for chunk in again.chunks for p in chunk.jobs}
+    assert {p.job.job_id for p in jobs} <= pending  # generated again, nothing crashed
 
 
 def test_a_chunk_is_taken_once_per_attempt(tmp_path):
@@ -252,3 +272,61 @@ def test_out_of_memory_from_cuda_libraries_splits_the_batch_too(manifest, tmp_pa
     monkeypatch.setattr(FPDMPipeline, "__call__", a_bug)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # not split: a bug fails its batch
         run_batch(pipe, plan.chunks[0].batches[1], out, qc_detector(SETTINGS), plan.model_checksum)
+
+
+def test_an_input_over_the_byte_cap_fails_its_jobs_at_planning(manifest, tmp_path):
+    from dataclasses import replace
+
+    rows = read_manifest(manifest).rows
+    source, pose = rows[0].source_image, rows[0].target_pose
+    cap = max(Path(pose).stat().st_size, Path(source).stat().st_size) - 1
+    settings = replace(SETTINGS, max_input_bytes=cap)
+    plan = planned(manifest, str(tmp_path / "out"), settings=settings)
+    errors = {o.error for o in plan.outcomes if o.row == rows[0].row}
+    too_large = f"bytes, over the {cap}-byte limit for an input (max_input_bytes)"
+    assert len(errors) == 1 and too_large in errors.pop()
+
+
+class FixedDetector:
+    """A pose detector that finds the same standing pose on any photo, under a given identity."""
+
+    def __init__(self, identity: str):
+        self.identity = identity
+
+    def detect(self, image, name):
+        from model_core.keypoints import Keypoints
+
+        points = [[image.width / 2, image.height * (0.1 + 0.04 * i), 1.0] for i in range(18)]
+        return Keypoints(points, image.width, image.height)
+
+
+def test_the_pose_detector_is_part_of_a_photo_poses_inputs_key(manifest, tmp_path):
+    from PIL import Image
+
+    from pipeline.planning import PoseResolver
+
+    rows = read_manifest(manifest).rows
+    reference = Path(rows[0].source_image).with_name("reference.png")
+    Image.open(rows[1].source_image).save(reference)
+    photo_pose = tmp_path / "photo-pose.csv"
+    photo_pose.write_text(
+        f"garment_id,source_image,target_pose,variant_id,steps\n"
+        f"tee,{rows[0].source_image},{reference},from-photo,2\n"
+        f"tee,{rows[0].source_image},{rows[0].target_pose},from-file,2\n"
+    )
+    out = str(tmp_path / "out")
+
+    def plan_with(identity):
+        resolver = PoseResolver(out, lambda: FixedDetector(identity), "auto")
+        plan = plan_run(read_manifest(str(photo_pose)), out, SETTINGS, "run", resolver)
+        return {p.job.variant_id: p for chunk in plan.chunks for p in chunk.jobs}, plan
+
+    first, _ = plan_with("mediapipe-0.10")
+    for planned_job in first.values():
+        outputs.write_variant(out, planned_job.job, Image.new("RGB", (48, 64)), {"inputs_key": planned_job.inputs_key})
+
+    same, _ = plan_with("mediapipe-0.10")
+    assert same == {}  # both complete
+    switched, plan = plan_with("openpose-body25")
+    assert set(switched) == {"from-photo"}  # the photo's pose is regenerated; the keypoint file's is not
+    assert [o.variant_id for o in plan.outcomes if o.status == "skipped"] == ["from-file"]

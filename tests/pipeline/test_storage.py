@@ -75,3 +75,12 @@ def test_throttling_and_server_errors_are_transient_and_a_missing_object_is_bad_
     assert isinstance(_s3_error("s3://catalog/x.jpg", EndpointConnectionError(endpoint_url="http://s3")), TransientStorageError)
     for code in ("NoSuchKey", "AccessDenied", "NoSuchBucket"):
         assert isinstance(error(code), StorageError) and not isinstance(error(code), TransientStorageError)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_read_with_a_byte_cap_refuses_a_larger_object_naming_its_size(where, s3, tmp_path):
+    uri = "s3://catalog/in/big.jpg" if where == "s3" else str(tmp_path / "big.jpg")
+    storage.write_bytes(uri, b"x" * 1001)
+    with pytest.raises(StorageError, match=r"big.jpg: 1001 bytes, over the 1000-byte limit for an input"):
+        storage.read_bytes(uri, max_bytes=1000)
+    assert storage.read_bytes(uri, max_bytes=1001) == b"x" * 1001
