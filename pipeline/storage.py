@@ -119,17 +119,18 @@ def read_bytes(uri: str | Path) -> bytes:
         raise StorageError(f"{uri}: cannot read ({exc.strerror or exc})") from None
 
 
-def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> None:
-    """Write a whole object. S3 PUTs are atomic by nature; local files go through a rename."""
+def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> str | None:
+    """Write a whole object. S3 PUTs are atomic by nature; local files go through a rename.
+    Returns the S3 object's ETag (what a listing will say of this very object), None on disk."""
     uri = str(uri)
     if is_s3(uri):
         location = parse_s3(uri)
         extra = {"ContentType": content_type} if content_type else {}
         try:
-            _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, **extra)
+            written = _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, **extra)
         except Exception as exc:
             raise _s3_error(uri, exc) from None
-        return
+        return written.get("ETag", "").strip('"') or None
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
@@ -142,6 +143,7 @@ def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return None
 
 
 def stat(uri: str | Path) -> ObjectInfo | None:
