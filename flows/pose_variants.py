@@ -314,9 +314,9 @@ def start_shards(output: str, run_id: str, attempt: int, shards: int, shard_depl
 
 def wait_for_shards(flow_run_ids: list[str], deadline_s: float) -> dict[str, str]:
     """Called once this runner found every chunk taken. Waits until each shard has ended, or
-    none of those left has started (it would find nothing to take: its machine may be down and
-    its run Late for hours), or the deadline passes; then cancels the shards left. Returns each
-    shard's state name, or what became of it."""
+    none of those left was picked up by a worker (still Scheduled or Late: its machine may be
+    down for hours, and it would find nothing to take), or the deadline passes; then cancels the
+    shards left. Returns each shard's state name, or what became of it."""
     ended: dict[str, str] = {}
     give_up = time.monotonic() + deadline_s
     with get_client(sync_client=True) as client:
@@ -331,14 +331,14 @@ def wait_for_shards(flow_run_ids: list[str], deadline_s: float) -> dict[str, str
                         waiting[run_id] = state
             if not waiting:
                 return ended
-            started = [run_id for run_id, state in waiting.items() if state is not None and state.is_running()]
+            started = [run_id for run_id, state in waiting.items() if state is not None and not state.is_scheduled()]
             if not started or time.monotonic() >= give_up:
                 break
             time.sleep(CHILD_POLL_S)
         for run_id, state in waiting.items():
-            running = state is not None and state.is_running()
-            reason = "did not finish in time" if running else "never started: every chunk was taken by the other runners"
-            client.set_flow_run_state(run_id, Cancelling(message=reason) if running else Cancelled(message=reason), force=True)
+            started = state is not None and not state.is_scheduled()
+            reason = "did not finish in time" if started else "never started: every chunk was taken by the other runners"
+            client.set_flow_run_state(run_id, Cancelling(message=reason) if started else Cancelled(message=reason), force=True)
             ended[run_id] = f"cancelled: {reason}"
     return ended
 

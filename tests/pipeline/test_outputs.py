@@ -4,6 +4,7 @@ an image it does not describe (written after its image; an old one removed befor
 replaced), and a replaced image is not complete, on disk and on S3."""
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -132,7 +133,10 @@ def test_a_replaced_or_missing_image_is_not_complete(manifest, out):
         write_complete(out, planned)
     assert set(outputs.complete_variants(out, jobs)) == {p.job.job_id for p in jobs[:3]}
     sidecar = json.loads(storage.read_bytes(outputs.sidecar_uri(out, jobs[0].job)))
-    assert sidecar["image"]["bytes"] == len(storage.read_bytes(outputs.image_uri(out, jobs[0].job)))
+    png = storage.read_bytes(outputs.image_uri(out, jobs[0].job))
+    assert {key: sidecar["image"][key] for key in ("bytes", "sha256", "width", "height")} == {
+        "bytes": len(png), "sha256": hashlib.sha256(png).hexdigest(), "width": 32, "height": 48,
+    }  # fmt: skip
     storage.delete(outputs.image_uri(out, jobs[0].job))  # the image went missing
     storage.write_bytes(outputs.image_uri(out, jobs[1].job), b"cut short")  # the image was cut short
     assert set(outputs.complete_variants(out, jobs)) == {jobs[2].job.job_id}
@@ -150,3 +154,33 @@ def test_on_s3_an_image_replaced_by_another_of_the_same_size_is_not_complete(man
     assert outputs.complete_variants(out, [planned]) == {}
     storage.write_bytes(uri, data)  # the very bytes the sidecar describes: complete again
     assert set(outputs.complete_variants(out, [planned])) == {planned.job.job_id}
+
+
+def test_a_sidecar_that_does_not_describe_its_image_is_not_complete(manifest, out):
+    jobs = plan_jobs(manifest, out)
+    for planned in jobs[:4]:
+        write_complete(out, planned)
+
+    def rewrite(planned, change):
+        uri = outputs.sidecar_uri(out, planned.job)
+        storage.write_bytes(uri, change(json.loads(storage.read_bytes(uri))))
+
+    rewrite(jobs[0], lambda s: json.dumps({k: v for k, v in s.items() if k != "image"}).encode())  # no image entry
+    rewrite(jobs[1], lambda s: json.dumps({**s, "image": {**s["image"], "uri": outputs.image_uri(out, jobs[2].job)}}).encode())
+    rewrite(jobs[2], lambda s: json.dumps([s]).encode())  # JSON, but not a sidecar
+    rewrite(jobs[3], lambda s: b"{not json")
+    assert outputs.complete_variants(out, jobs) == {}
+
+
+def test_with_many_garments_one_listing_of_the_output_decides(manifest, out, monkeypatch):
+    monkeypatch.setattr(outputs, "GARMENTS_LISTED_ONE_BY_ONE", 1)  # 2 garments: the whole output is listed
+    listed = []
+    list_objects = storage.list_objects
+    monkeypatch.setattr(storage, "list_objects", lambda prefix: listed.append(str(prefix)) or list_objects(prefix))
+    jobs = plan_jobs(manifest, out)
+    listed.clear()
+    for planned in jobs[:2] + jobs[-1:]:
+        write_complete(out, planned)
+    assert len({p.job.garment_id for p in jobs}) == 2
+    assert set(outputs.complete_variants(out, jobs)) == {p.job.job_id for p in jobs[:2] + jobs[-1:]}
+    assert [prefix.rstrip("/") for prefix in listed] == [out]
