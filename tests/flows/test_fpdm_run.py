@@ -113,8 +113,9 @@ def test_fpdm_run_over_s3_then_rerun_then_retry(catalog):
     other.acquire()
     busy = fpdm("run", manifest, "--output", output, "--model", "tiny", "--device", "cpu", env=env)
     assert busy.returncode == 3
-    assert busy.stderr.count("\n") == 1
-    assert busy.stderr.startswith(f"fpdm: error: {output} is in use by run nightly-run on host {other.record.host} since ")
+    [error] = [line for line in busy.stderr.splitlines() if line.startswith("fpdm: error:")]
+    assert error.startswith(f"fpdm: error: {output} is in use by run nightly-run on host {other.record.host} since ")
+    assert busy.stderr.endswith(error + "\n") and "Traceback" not in busy.stderr
     other.release()
 
     # The same run again: nothing is written, every good job is skipped.
