@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 from fpdm_cli.arguments import add_detector_arguments, add_device_argument, given_options
 
 EXIT_INVALID_ROWS = 1
 EXIT_SOME_FAILED = 1
+# Another run holds the output (its lease): nothing was done; run again when it has finished.
+EXIT_OUTPUT_BUSY = 3
 
 # `fpdm run`'s options that are RunSettings fields. They are parsed with argparse.SUPPRESS as
 # default, so an option left out is absent and RunSettings' own default applies: the defaults
@@ -46,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "variants are skipped. Prints a progress bar per stage, then the jobs by status and QC status, the "
         "failed jobs and the report's location. Exit 0 if every job succeeded or was skipped, 1 if some "
         "failed, 2 if the manifest or a setting is unusable (unknown model, batch size below 1, openpose "
-        "without weights), before anything runs. Prefect runs embedded unless PREFECT_API_URL names a "
+        "without weights), before anything runs, 3 if another run is working on OUTPUT (one line names it: run "
+        "id, host, since). Prefect runs embedded unless PREFECT_API_URL names a "
         "server; its logs are off on the console unless PREFECT_LOGGING_LEVEL=INFO.",
     )
     run.add_argument("manifest", help="manifest CSV: a path or an s3:// URI")
@@ -135,6 +139,7 @@ def run_flow(manifest: str, output: str, settings, retry_of: str | None, dry_run
     from fpdm_cli.run_display import StageBars, print_outcomes, print_plan
     from model_core.errors import InputError
     from pipeline import outputs, progress
+    from pipeline.leases import OutputBusy
     from pipeline.planning import FAILED
 
     console = Console(stderr=True)
@@ -159,6 +164,9 @@ def run_flow(manifest: str, output: str, settings, retry_of: str | None, dry_run
         error = state.result(raise_on_failure=False)
         if isinstance(error, InputError):
             raise error from None
+        if isinstance(error, OutputBusy):
+            print(f"fpdm: error: {error}", file=sys.stderr)
+            return EXIT_OUTPUT_BUSY
         raise RuntimeError(f"the run ended {state.name} without a report: {state.message}") from None
     print_outcomes(outcomes, report)
     return EXIT_SOME_FAILED if any(o.status == FAILED for o in outcomes) else 0

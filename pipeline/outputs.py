@@ -5,9 +5,11 @@
     {output}/{garment_id}/contact_sheet.jpg   source, skeletons and variants, QC colour-coded
     {output}/_runs/{run_id}/report.csv        one row per job; summary.json beside it
 
-The sidecar is written after the image, so a sidecar means a complete variant. It records an
-`inputs_key` (a hash of everything that determines the image); a job whose sidecar carries the
-same key is done, and a rerun skips it.
+A sidecar vouches for its image: an existing sidecar is removed before its image is replaced
+(`--force`, changed inputs), and the new one is written after the new image. It records an
+`inputs_key` (a hash of everything that determines the image) and the image's sha256, byte size
+and, on S3, ETag; a job is done when its sidecar carries the same key and the image is there as
+the sidecar describes it (complete_variants), and a rerun skips it.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ def inputs_key(job: Job, source_sha256: str, pose_sha256: str, model_checksum: s
 def complete_variants(output: str, planned_jobs) -> dict[str, dict]:
     """The sidecars of the jobs (PlannedJob) whose variant is complete: sidecar and image both
     on storage, the sidecar readable and made from the same inputs (inputs_key), the image of
-    the size the sidecar records. Costs listings (one of the output, or one per garment for a
-    few garments) and a small read per listed sidecar, concurrently; never an image download."""
+    the byte size the sidecar records and, on S3, the ETag its PUT returned (a single-part PUT's
+    ETag is the MD5 of the bytes: another image, even of the same size, has another). The
+    sha256 the sidecar records is not compared here: that takes a download. Costs listings (one
+    of the output, or one per garment for a few garments) and a small read per listed sidecar,
+    concurrently; never an image download."""
     planned_jobs = list(planned_jobs)
     if not planned_jobs:
         return {}
@@ -77,6 +82,7 @@ def complete_variants(output: str, planned_jobs) -> dict[str, dict]:
     else:
         listed = _listing(output)
     sizes = {info.uri: info.size for info in listed}
+    versions = {info.uri: info.version for info in listed}
     candidates = [p for p in planned_jobs if sidecar_uri(output, p.job) in sizes and image_uri(output, p.job) in sizes]
 
     def verified(planned) -> dict | None:
@@ -86,9 +92,11 @@ def complete_variants(output: str, planned_jobs) -> dict[str, dict]:
         image = sidecar.get("image")
         if not isinstance(image, dict) or image.get("uri") != image_uri(output, planned.job):
             return None
-        recorded_bytes = image.get("bytes")
-        if recorded_bytes is not None and recorded_bytes != sizes[image_uri(output, planned.job)]:
+        listed_image = image_uri(output, planned.job)
+        if image.get("bytes") != sizes[listed_image]:
             return None  # the image was replaced or cut short after its sidecar was written
+        if image.get("etag") is not None and image["etag"] != versions[listed_image]:
+            return None  # the image was replaced by another of the same size
         return sidecar
 
     return {p.job.job_id: sidecar for p, sidecar in zip(candidates, _map(verified, candidates), strict=True) if sidecar}
@@ -122,13 +130,20 @@ def _read_sidecar(uri: str) -> dict | None:
 
 
 def write_variant(output: str, job: Job, image: Image.Image, sidecar: dict) -> str:
-    """Write the image, then its sidecar (which names the image's sha256). Returns the image URI."""
+    """Remove any old sidecar, write the image, then its new sidecar (which records the image's
+    sha256, size and ETag). Returns the image URI. Cut short anywhere, no sidecar vouches for an
+    image it does not describe: the job is incomplete and runs again."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
     uri = image_uri(output, job)
-    storage.write_bytes(uri, data, content_type="image/png")
+    # An old sidecar with the same inputs key (a --force rerun) would vouch for the new image
+    # if the run died between the image and the new sidecar.
+    storage.delete(sidecar_uri(output, job))
+    etag = storage.write_bytes(uri, data, content_type="image/png")
     image_record = {"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if etag is not None:
+        image_record["etag"] = etag
     sidecar = dict(sidecar, image={**image_record, "width": image.width, "height": image.height})
     sidecar.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     storage.write_bytes(sidecar_uri(output, job), json.dumps(sidecar, indent=2).encode(), content_type="application/json")

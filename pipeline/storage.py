@@ -9,6 +9,8 @@ carry credentials.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -134,17 +136,18 @@ def too_large(uri: str, size: int, max_bytes: int) -> StorageError:
     return StorageError(f"{uri}: {size} bytes, over the {max_bytes}-byte limit for an input (max_input_bytes)")
 
 
-def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> None:
-    """Write a whole object. S3 PUTs are atomic by nature; local files go through a rename."""
+def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> str | None:
+    """Write a whole object. S3 PUTs are atomic by nature; local files go through a rename.
+    Returns the S3 object's ETag (what a listing will say of this very object), None on disk."""
     uri = str(uri)
     if is_s3(uri):
         location = parse_s3(uri)
         extra = {"ContentType": content_type} if content_type else {}
         try:
-            _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, **extra)
+            written = _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, **extra)
         except Exception as exc:
             raise _s3_error(uri, exc) from None
-        return
+        return written.get("ETag", "").strip('"') or None
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
@@ -157,6 +160,7 @@ def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return None
 
 
 def stat(uri: str | Path) -> ObjectInfo | None:
@@ -215,6 +219,61 @@ def create_exclusive(uri: str | Path, data: bytes) -> bool:
     with os.fdopen(handle, "wb") as f:
         f.write(data)
     return True
+
+
+def read_versioned(uri: str | Path) -> tuple[bytes, str] | None:
+    """An object's bytes and its version (S3: the ETag; on disk: the sha256 of the bytes), or
+    None if there is none: what write_if compares against."""
+    uri = str(uri)
+    if not is_s3(uri):
+        try:
+            data = Path(uri).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot read ({exc.strerror or exc})") from None
+        return data, hashlib.sha256(data).hexdigest()
+    location = parse_s3(uri)
+    try:
+        found = _client().get_object(Bucket=location.bucket, Key=location.key)
+        return found["Body"].read(), found.get("ETag", "").strip('"')
+    except Exception as exc:
+        error = _s3_error(uri, exc)
+        if isinstance(error, StorageError) and "no such object" in str(error):
+            return None
+        raise error from None
+
+
+def write_if(uri: str | Path, data: bytes, version: str | None) -> str | None:
+    """Compare and swap: write the object only if it is still at `version` (None: only if there
+    is none), and return its new version; None if the condition failed (another writer came
+    first). S3's conditional writes (If-Match, If-None-Match); on disk, the check and the
+    atomic rename under an exclusive lock on a `.lock` file beside the object."""
+    uri = str(uri)
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        location = parse_s3(uri)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            written = _client().put_object(Bucket=location.bucket, Key=location.key, Body=data, **condition)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                return None
+            raise _s3_error(uri, exc) from None
+        except Exception as exc:
+            raise _s3_error(uri, exc) from None
+        return written.get("ETag", "").strip('"')
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = read_versioned(path)
+        if (current[1] if current else None) != version:
+            return None
+        write_bytes(path, data)
+        return hashlib.sha256(data).hexdigest()
 
 
 def delete(uri: str | Path) -> None:

@@ -1,7 +1,8 @@
 """The deployments as production runs them: `prefect server start` on 127.0.0.1, the `gpu-pool`
 process work pool with two workers, `prefect deploy` from prefect.yaml, then a sharded run of
-a small manifest. Both workers must do work, every job must complete exactly once, and the
-merged report must be complete. Every process the test starts is stopped, flow-run
+a small manifest on the nightly deployment (its concurrency limit of one, its shards on a
+deployment of their own). Both workers must do work, every job must complete exactly once, the
+merged report must be complete and the output's lease released. Every process the test starts is stopped, flow-run
 subprocesses included (a process worker starts them in sessions of their own)."""
 
 import json
@@ -163,7 +164,7 @@ def prefect_deployment(tmp_path):
         assert not left, f"processes left running: {left}"
 
 
-def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_deployment, deepfashion_dir):
+def test_a_sharded_nightly_through_two_workers_completes_every_job_once(prefect_deployment, deepfashion_dir):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -179,8 +180,14 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
 
     with get_client(sync_client=True) as client:
         _wait_until(lambda: set(WORKERS) <= {w.name for w in client.read_workers_for_work_pool("gpu-pool")}, 60, "the workers")
+        nightly = client.read_deployment_by_name("pose-variants/nightly-pose-variants")
+        assert nightly.global_concurrency_limit.limit == 1
+        assert nightly.concurrency_options.collision_strategy == "CANCEL_NEW"
+        shard_deployment = client.read_deployment_by_name("pose-variants/nightly-pose-variants-shards")
+        assert shard_deployment.global_concurrency_limit is None
+        # The nightly's own parameters but for where and how small: its shards go to the shard deployment.
         parent = run_deployment(
-            "pose-variants/pose-variants-adhoc",
+            "pose-variants/nightly-pose-variants",
             parameters={
                 "manifest": str(manifest),
                 "output": str(out),
@@ -200,7 +207,7 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
 
         parent = _wait_until(lambda: final(parent.id), 400, "the sharded run", poll=1)
         assert parent.state.is_completed(), parent.state.message
-        children = [r for r in client.read_flow_runs() if r.deployment_id == parent.deployment_id and r.id != parent.id]
+        children = [r for r in client.read_flow_runs() if r.deployment_id == shard_deployment.id]
         assert [c.parameters["shard_of"] for c in children] == [str(parent.id)] and children[0].state.is_completed()
         # The shard ran on the other worker, in a process of its own.
         assert children[0].labels["prefect.worker.name"] != parent.labels["prefect.worker.name"]
@@ -219,3 +226,5 @@ def test_a_sharded_run_through_two_workers_completes_every_job_once(prefect_depl
     assert {json.loads(c.read_text())["taker"] for c in claims} <= {str(parent.id), str(children[0].id)}
     for job in jobs:
         assert json.loads((out / f"{job}.json").read_text())["run_id"] == str(parent.id)
+    lease = json.loads((out / "_lease.json").read_text())
+    assert lease["run_id"] == str(parent.id) and lease["released"]

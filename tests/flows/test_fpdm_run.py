@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import storage
+from pipeline.leases import Lease, current_holder
 from pipeline.outputs import read_report
 
 pytestmark = pytest.mark.slow  # `fpdm run` three times in subprocesses over the moto S3 server: a minute and more
@@ -62,7 +63,11 @@ def catalog(s3, deepfashion_dir, tmp_path):
 
 def _variant_objects(client):
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix="out/").get("Contents", [])
-    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing if not o["Key"].startswith(("out/_runs/", "out/_cache/"))}
+    return {
+        o["Key"]: (o["ETag"], o["LastModified"])
+        for o in listing
+        if not o["Key"].startswith(("out/_runs/", "out/_cache/", "out/_lease.json"))
+    }
 
 
 def _report(stdout):
@@ -101,6 +106,17 @@ def test_fpdm_run_over_s3_then_rerun_then_retry(catalog):
     assert report["row 7"].error.startswith("row 7, garment_id: '../../etc' is not a safe id")
     assert "failed  missing/side: row 5, source_image:" in first.stdout  # the final table lists failures
     written = _variant_objects(client)
+    assert current_holder(output) is None  # the run released the output when it ended
+
+    # Another run works on the output: a run stops at once with one line naming it.
+    other = Lease(output, "nightly-run")
+    other.acquire()
+    busy = fpdm("run", manifest, "--output", output, "--model", "tiny", "--device", "cpu", env=env)
+    assert busy.returncode == 3
+    [error] = [line for line in busy.stderr.splitlines() if line.startswith("fpdm: error:")]
+    assert error.startswith(f"fpdm: error: {output} is in use by run nightly-run on host {other.record.host} since ")
+    assert busy.stderr.endswith(error + "\n") and "Traceback" not in busy.stderr
+    other.release()
 
     # The same run again: nothing is written, every good job is skipped.
     second = fpdm("run", manifest, "--output", output, "--model", "tiny", "--device", "cpu", env=env)

@@ -1,5 +1,7 @@
 """The pose-variants flow on Prefect's real engine: a failed batch fails the run, a retry of
-that same flow run (the UI's Retry) regenerates only that batch, and shards split the work."""
+that same flow run (the UI's Retry) regenerates only that batch, and shards split the work; one
+run per output (its lease), and a parent that does not wait for shards that never started or
+died."""
 
 import json
 from collections import Counter
@@ -7,12 +9,13 @@ from collections import Counter
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
-from prefect.states import Scheduled
+from prefect.states import Running, Scheduled
 
 import flows.pose_variants as pv
 import pipeline.execution as execution
 from pipeline import outputs, storage
 from pipeline.execution import claim_chunk
+from pipeline.leases import Lease, current_holder
 from pipeline.outputs import read_report
 from pipeline.plans import load_plan
 from pipeline.run import collect_outcomes
@@ -104,6 +107,10 @@ def test_a_failed_batch_fails_the_run_and_the_uis_retry_regenerates_only_that_ba
     assert batches_run.calls.count(["blouse"]) == 1 + pv.CHUNK_RETRIES
     assert batches_run.calls.count(["tee"]) == 1
     assert not (out / "blouse").exists()
+    assert current_holder(str(out)) is None  # a failed run releases the output too
+
+    # Say the first attempt had crashed instead, its lease still fresh: its Retry takes it over.
+    Lease(str(out), run_id, attempt=1).acquire()
 
     # The operator clicks Retry in the UI: the same flow run goes back to AwaitingRetry and
     # runs again. The fault is gone by then.
@@ -135,6 +142,9 @@ def test_a_shard_executes_the_stored_plan_taking_only_unclaimed_chunks(prefect_s
     assert planned.result()["counts"] == {"to_generate": 4, "images": 4, "chunks": 1, "decided": {"failed": 1}}
     assert not writes and not batches_run.calls
 
+    # Shards work under their run's lease (here held as its parent would).
+    parent = Lease(str(out), run_id, attempt=1)
+    parent.acquire()
     # Another shard of the run holds chunk 0: this one executes the same plan and takes nothing.
     assert claim_chunk(str(out), run_id, 1, 0, taker="another shard")
     shard = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=1, return_state=True)
@@ -142,6 +152,10 @@ def test_a_shard_executes_the_stored_plan_taking_only_unclaimed_chunks(prefect_s
     # In the next attempt the chunk is free again, and the shard runs it from the stored plan,
     # even after the manifest changed: a plan is the truth for its run.
     manifest.write_text(manifest.read_text().replace("tee,", "polo,"))
+    # A shard of attempt 1 that starts now takes nothing: the lease is attempt 2's.
+    Lease(str(out), run_id, attempt=2).acquire()
+    late = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=1, return_state=True)
+    assert late.is_completed() and not batches_run.calls
     shard = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=2, return_state=True)
     assert shard.is_completed()
     assert sorted(batches_run.calls) == [["blouse"], ["tee"]]
@@ -169,6 +183,7 @@ def test_a_read_fault_in_a_shard_is_retried_and_every_job_is_done_exactly_once(
         return read_bytes(uri, **options)
 
     monkeypatch.setattr(storage, "read_bytes", throttled_once)
+    Lease(str(out), run_id, attempt=1).acquire()  # the parent's, which its shards work under
     for _ in range(2):  # two shards of the run, one after the other here: the second finds nothing left
         shard = pv.pose_variants(str(manifest), str(out), **PARAMETERS, shard_of=run_id, attempt=1, return_state=True)
         assert shard.is_completed()
@@ -178,3 +193,78 @@ def test_a_read_fault_in_a_shard_is_retried_and_every_job_is_done_exactly_once(
     outcomes = collect_outcomes(str(out), load_plan(str(out), run_id))
     assert Counter(o.status for o in outcomes) == {"succeeded": 4, "failed": 1}  # the invalid row
     assert set(writes.values()) == {1} and len(writes) == 4  # no job written twice, none missing
+
+
+def test_a_second_run_on_the_same_output_fails_at_once_naming_the_holder(prefect_server, catalog, writes):
+    manifest, out = catalog
+    other = Lease(str(out), "nightly-run")
+    other.acquire()
+    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, return_state=True)
+    assert state.is_failed()
+    holder = f"{out} is in use by run nightly-run on host {other.record.host} since {other.record.since}"
+    assert holder in state.message
+    assert not writes and not (out / "_runs").exists()  # stopped before planning
+    assert current_holder(str(out)).run_id == "nightly-run"  # and left the holder's lease alone
+
+    other.release()
+    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, return_state=True)
+    assert "1 of 5 jobs failed" in state.message and len(writes) == 4  # only the invalid row
+    assert current_holder(str(out)) is None
+    record = json.loads((out / "_lease.json").read_text())
+    assert record["run_id"] == str(state.state_details.flow_run_id) and record["released"]
+
+    # A run that fails part-way (an unreadable manifest) releases the output as well.
+    state = pv.pose_variants(str(out / "absent.csv"), str(out), **PARAMETERS, return_state=True)
+    assert state.is_failed() and current_holder(str(out)) is None
+
+
+def test_the_parent_does_not_wait_for_shards_that_never_started_and_fails_a_dead_shards_chunk(
+    prefect_server, catalog, writes, batches_run, monkeypatch
+):
+    """Two shards: one died holding chunk 0 (its run still says Running), one never left
+    Scheduled (its machine is down). The parent takes chunk 1, waits for the running shard until
+    the deadline, then cancels both; the dead shard's jobs fail in the report, for a Retry."""
+    manifest, out = catalog
+    shards = {}
+
+    def start_dead_and_stuck_shards(output, run_id, attempt, count, shard_deployment):
+        with get_client(sync_client=True) as client:
+            for name, state in (("dead", Running()), ("stuck", Scheduled())):
+                child = client.create_flow_run(pv.pose_variants, parameters={"manifest": str(manifest), "output": output})
+                client.set_flow_run_state(child.id, state, force=True)
+                shards[name] = str(child.id)
+        assert claim_chunk(output, run_id, attempt, 0, taker=shards["dead"])
+        return list(shards.values())
+
+    monkeypatch.setattr(pv, "start_shards", start_dead_and_stuck_shards)
+    monkeypatch.setattr(pv, "SHARD_DEADLINE_S", 2)
+    monkeypatch.setattr(pv, "CHILD_POLL_S", 0.5)
+    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, chunk_images=2, shards=3, return_state=True)
+
+    assert state.is_failed()
+    run_id = str(state.state_details.flow_run_id)
+    report = {o.job_id: o for o in read_report(outputs.report_uri(str(out), run_id))}
+    dead_chunk = {p.job.job_id for p in load_chunk_jobs(out, run_id, 0)}
+    assert len(dead_chunk) == 2 and len(writes) == 2 and not dead_chunk & set(writes)
+    for job in dead_chunk:
+        assert report[job].status == "failed"
+        assert (
+            report[job].error
+            == "not generated: its shard did not finish it (see the run's shard_runs); a retry of the run redoes it"
+        )
+    assert {report[job].status for job in writes} == {"succeeded"}
+    summary = json.loads((out / "_runs" / run_id / "summary.json").read_text())
+    assert summary["shard_runs"] == {
+        shards["dead"]: "cancelled: did not finish in time",
+        shards["stuck"]: "cancelled: never started: every chunk was taken by the other runners",
+    }
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(shards["stuck"]).state.is_cancelled()  # it will never start now
+        assert client.read_flow_run(shards["dead"]).state.name == "Cancelling"  # its worker ends it, if alive
+    assert current_holder(str(out)) is None
+
+
+def load_chunk_jobs(out, run_id, index):
+    from pipeline.plans import load_chunk
+
+    return load_chunk(str(out), run_id, index).jobs

@@ -115,6 +115,7 @@ def test_batches_fill_up_keep_garments_together_and_split_by_settings():
     assert [b.batch_id for b in plan_batches(list(reversed(planned)), 4)] == [b.batch_id for b in batches]
     with pytest.raises(InputError, match="batch size"):
         plan_batches(planned, 0)
+    assert [len(b.jobs) for b in plan_batches(planned[:3], 1)] == [1, 1, 1]  # the smallest batch size works
 
 
 class CountingDetector:

@@ -1,0 +1,97 @@
+"""One run per output prefix, on disk and on S3: a second run stops naming the holder; an
+expired lease is taken over; a Retry of the same run takes over its own lease; a released
+lease frees the output; a holder whose lease was taken over learns it at its next renewal."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from pipeline import leases, storage
+from pipeline.leases import Lease, OutputBusy, current_holder, held_by
+
+
+@pytest.fixture(params=["local", "s3"])
+def out(request, tmp_path):
+    if request.param == "s3":
+        request.getfixturevalue("s3")
+        return "s3://catalog/out"
+    return str(tmp_path / "out")
+
+
+def test_a_second_run_on_the_same_output_stops_naming_the_holder(out):
+    first = Lease(out, "run-a")
+    first.acquire()
+    holder = current_holder(out)
+    assert (holder.run_id, holder.attempt) == ("run-a", 1)
+    with pytest.raises(OutputBusy) as busy:
+        Lease(out, "run-b").acquire()
+    message = str(busy.value)
+    assert "\n" not in message
+    assert f"{out} is in use by run run-a on host {holder.host} since {holder.since}" in message
+    assert current_holder(out).run_id == "run-a"  # the refused run changed nothing
+
+    first.release()
+    assert current_holder(out) is None
+    second = Lease(out, "run-b")
+    second.acquire()  # released: free for the next run
+    assert current_holder(out).run_id == "run-b"
+
+
+def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(out):
+    crashed = Lease(out, "run-a", ttl_s=0.5)
+    crashed.acquire()
+    with pytest.raises(OutputBusy):
+        Lease(out, "run-b").acquire()
+    time.sleep(0.6)  # no heartbeat: the run died
+    assert current_holder(out) is None
+    taker = Lease(out, "run-b")
+    taker.acquire()
+    assert current_holder(out).run_id == "run-b"
+    # The old holder comes back to life: its renewal fails, and its release leaves the new lease.
+    assert not crashed.renew() and crashed.lost
+    crashed.release()
+    assert current_holder(out).run_id == "run-b"
+
+
+def test_a_retry_of_the_same_run_takes_over_its_own_lease(out):
+    Lease(out, "run-a", attempt=1).acquire()  # the first attempt crashed, its lease still fresh
+    retry = Lease(out, "run-a", attempt=2)
+    retry.acquire()
+    assert (current_holder(out).run_id, current_holder(out).attempt) == ("run-a", 2)
+    # The crashed attempt's shards stop taking chunks: the lease is the retry's now.
+    assert held_by(out, "run-a", 2) and not held_by(out, "run-a", 1) and not held_by(out, "run-b", 2)
+
+
+def test_the_heartbeat_keeps_a_working_run_s_lease_and_release_ends_it(out):
+    with Lease(out, "run-a", ttl_s=1.0, heartbeat_s=0.2) as lease:
+        first_expiry = lease.record.expires
+        time.sleep(1.5)  # past the first expiry: only the heartbeat keeps the lease
+        assert current_holder(out).run_id == "run-a" and lease.record.expires > first_expiry
+        with pytest.raises(OutputBusy):
+            Lease(out, "run-b").acquire()
+    record = json.loads(storage.read_bytes(leases.lease_uri(out)))
+    assert record["released"] and record["run_id"] == "run-a"
+    assert current_holder(out) is None
+
+
+def test_two_runs_racing_for_a_free_output_get_it_once(out):
+    results = {}
+    start = threading.Barrier(4)
+
+    def race(name):
+        start.wait()
+        try:
+            Lease(out, name).acquire()
+            results[name] = "holder"
+        except OutputBusy:
+            results[name] = "busy"
+
+    threads = [threading.Thread(target=race, args=(f"run-{k}",)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results.values()) == ["busy", "busy", "busy", "holder"]
+    assert results[current_holder(out).run_id] == "holder"
