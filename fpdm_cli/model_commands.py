@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from model_core.presets import PRESETS, RANDOM_INIT_PRESETS, TRAINED_PRESETS
@@ -73,6 +74,13 @@ def run_save_preset(args: argparse.Namespace) -> None:
 
     # The argument is a preset's name: a local folder of that name is not what is meant here.
     source = preset_source(args.name)  # InputError for an unknown name
+    if source.directory is not None:
+        # A trained preset is copied file for file, so the copy keeps its checksum (and every
+        # variant made with it stays complete); loading it first checks that it is whole.
+        FPDMPipeline.from_pretrained(source, device="cpu")
+        shutil.copytree(source.directory, args.dir, dirs_exist_ok=True)
+        print(args.dir)
+        return
     if source.has_weights:
         print(FPDMPipeline.from_pretrained(source, device="cpu").save_pretrained(args.dir))
         return

@@ -58,6 +58,7 @@ def catalog(s3, deepfashion_dir, tmp_path):
     # The subprocess gets the test server's endpoint and credentials, and a Prefect home of its own.
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_LOGGING_LEVEL", None)  # as a user runs it: the flows' fixture sets WARNING for in-process tests
     return client, env
 
 
