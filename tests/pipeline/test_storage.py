@@ -75,3 +75,30 @@ def test_throttling_and_server_errors_are_transient_and_a_missing_object_is_bad_
     assert isinstance(_s3_error("s3://catalog/x.jpg", EndpointConnectionError(endpoint_url="http://s3")), TransientStorageError)
     for code in ("NoSuchKey", "AccessDenied", "NoSuchBucket"):
         assert isinstance(error(code), StorageError) and not isinstance(error(code), TransientStorageError)
+
+
+def test_a_dropped_connection_or_a_cut_response_is_transient_not_bad_input():
+    """A connection reset before the response (ConnectionClosedError), a read timeout or a body
+    cut short: the chaos suite's proxy showed a reset surfacing as 'S3 unreachable or
+    unconfigured', an InputError, which lost the run with no retry of its plan task."""
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        IncompleteReadError,
+        NoCredentialsError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    from pipeline.storage import StorageError, TransientStorageError, _s3_error
+
+    for exc in (
+        ConnectionClosedError(endpoint_url="http://s3"),
+        ReadTimeoutError(endpoint_url="http://s3"),
+        ResponseStreamingError(error="Connection broken"),
+        IncompleteReadError(actual_bytes=10, expected_bytes=20),
+    ):
+        error = _s3_error("s3://catalog/x.jpg", exc)
+        assert isinstance(error, TransientStorageError), exc
+        assert str(error) == f"s3://catalog/x.jpg: S3 unreachable ({type(exc).__name__}; transient)"
+    unconfigured = _s3_error("s3://catalog/x.jpg", NoCredentialsError())
+    assert isinstance(unconfigured, StorageError) and not isinstance(unconfigured, TransientStorageError)
