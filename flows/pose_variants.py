@@ -47,6 +47,7 @@ from pipeline.run import (
     run_summary,
     shared_model,
 )
+from pipeline.storage import TransientStorageError
 
 # A chunk is a few minutes of GPU work; a hung one (a wedged driver) should not hold the worker
 # all night. Retries cover transient faults (a flaky S3 read, a GPU reset); a retry of a chunk
@@ -59,6 +60,24 @@ CHILD_POLL_S = 5
 # is down (its run stays Scheduled or Late) must not hold the report forever. Its claimed but
 # unfinished chunks are failed in the report, for a retry to redo.
 SHARD_DEADLINE_S = 6 * 60 * 60
+
+
+# The flow's own storage steps (outside any task: finding a stored plan, claiming a chunk,
+# gathering the outcomes for the report) are tried again on a transient storage error, as a
+# task is: after an S3 outage has used up the SDK's retry quota, a single 503 reaches the
+# pipeline, and in the flow body it would end the run with no report.
+FLOW_STEP_RETRY_DELAYS_S = (1, 5, 15)
+
+
+def patiently(step, *args, **kwargs):
+    """`step(*args, **kwargs)`, tried again after each of FLOW_STEP_RETRY_DELAYS_S on a
+    transient storage error; the last error propagates."""
+    for delay in FLOW_STEP_RETRY_DELAYS_S:
+        try:
+            return step(*args, **kwargs)
+        except TransientStorageError:
+            time.sleep(delay)
+    return step(*args, **kwargs)
 
 
 def _not_bad_input(task, task_run, state) -> bool:
@@ -161,7 +180,7 @@ def pose_variants(
     )
     if shard_of is not None:
         # A shard: the parent planned; take chunks of its stored plan until none is left.
-        stored = load_plan(output, shard_of)
+        stored = patiently(load_plan, output, shard_of)
         if stored is None:
             raise RuntimeError(f"run {shard_of} has no stored plan under {output}")
         take_chunks(output, stored, attempt, settings, taker=str(flow_run.id))
@@ -171,7 +190,7 @@ def pose_variants(
     attempt = flow_run.run_count or 1  # an operator's Retry of this flow run is attempt 2, 3, ...
     only = Selection.failed_in(retry_of) if retry_of else None
     summary = run_summary(manifest, output, settings, flow_run=run_id, retry_of=retry_of)
-    stored = load_plan(output, run_id)
+    stored = patiently(load_plan, output, run_id)
     if stored is None:
         rows = read_manifest_task(manifest)
         detect_reference_poses(rows, output, settings, only)
@@ -186,7 +205,7 @@ def pose_variants(
     if children:
         summary["shard_runs"] = {run: ended.get(run, "did not finish in time") for run in children}
     missing = "its shard did not finish it (see the run's shard_runs); a retry of the run redoes it"
-    outcomes = collect_outcomes(output, stored, missing=missing)
+    outcomes = patiently(collect_outcomes, output, stored, missing=missing)
 
     report, warnings = write_report(output, run_id, outcomes, summary)
     publish_artifacts(report, outcomes, warnings)
@@ -219,18 +238,18 @@ def take_chunks(output: str, stored: StoredPlan, attempt: int, settings: RunSett
     taken = 0
     for chunk in stored.chunks:
         index = chunk["index"]
-        if not claim_chunk(output, stored.run_id, attempt, index, taker):
+        if not patiently(claim_chunk, output, stored.run_id, attempt, index, taker):
             progress.advance("generate", chunk["images"])
             continue
         taken += 1
         state = generate_chunk(output, stored.run_id, index, settings, stored.model_checksum, context, return_state=True)
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
-            if not isinstance(error, ChunkIncomplete) or load_chunk_outcomes(output, stored.run_id, index) is None:
+            if not isinstance(error, ChunkIncomplete) or patiently(load_chunk_outcomes, output, stored.run_id, index) is None:
                 # It failed before storing its outcomes (its plan file, the model): fail its jobs.
                 reason = f"chunk {index} failed: {type(error).__name__}: {error}"
-                jobs = load_chunk(output, stored.run_id, index).jobs
-                store_chunk_outcomes(output, stored.run_id, index, [failed(p.job, reason) for p in jobs])
+                jobs = patiently(load_chunk, output, stored.run_id, index).jobs
+                patiently(store_chunk_outcomes, output, stored.run_id, index, [failed(p.job, reason) for p in jobs])
     return taken
 
 
