@@ -55,6 +55,7 @@ from pipeline.run import (
     run_summary,
     shared_model,
 )
+from pipeline.storage import TransientStorageError
 
 # A chunk is a few minutes of GPU work; a hung one (a wedged driver) should not hold the worker
 # all night. Retries cover transient faults (a flaky S3 read, a GPU reset); a retry of a chunk
@@ -67,6 +68,24 @@ CHILD_POLL_S = 5
 # wedged machine must not hold the report forever. Its claimed but unfinished chunks are failed
 # in the report, for a retry to redo. (Shards that never started are not waited for.)
 SHARD_DEADLINE_S = 6 * 60 * 60
+
+
+# The flow's own storage steps (outside any task: finding a stored plan, claiming a chunk,
+# gathering the outcomes for the report) are tried again on a transient storage error, as a
+# task is: after an S3 outage has used up the SDK's retry quota, a single 503 reaches the
+# pipeline, and in the flow body it would end the run with no report.
+FLOW_STEP_RETRY_DELAYS_S = (1, 5, 15)
+
+
+def patiently(step, *args, **kwargs):
+    """`step(*args, **kwargs)`, tried again after each of FLOW_STEP_RETRY_DELAYS_S on a
+    transient storage error; the last error propagates."""
+    for delay in FLOW_STEP_RETRY_DELAYS_S:
+        try:
+            return step(*args, **kwargs)
+        except TransientStorageError:
+            time.sleep(delay)
+    return step(*args, **kwargs)
 
 
 def _not_bad_input(task, task_run, state) -> bool:
@@ -190,13 +209,18 @@ def pose_variants(
     )
     if shard_of is not None:
         # A shard: the parent planned; take chunks of its stored plan until none is left.
-        stored = load_plan(output, shard_of)
+        stored = patiently(load_plan, output, shard_of)
         if stored is None:
             raise RuntimeError(f"run {shard_of} has no stored plan under {output}")
         # It works under its run's lease: a shard that starts late, or outlives its run's
         # attempt (a Retry took over), takes nothing.
         take_chunks(
-            output, stored, attempt, settings, taker=str(flow_run.id), keep_going=lambda: held_by(output, shard_of, attempt)
+            output,
+            stored,
+            attempt,
+            settings,
+            taker=str(flow_run.id),
+            keep_going=lambda: patiently(held_by, output, shard_of, attempt),
         )
         return {"shard_of": shard_of}
 
@@ -221,7 +245,7 @@ def stored_plan(
     manifest: str, output: str, settings: RunSettings, run_id: str, only: Selection | None, chunk_images: int
 ) -> StoredPlan:
     """The plan a first attempt at this run stored (a Retry executes it again), or a new one."""
-    stored = load_plan(output, run_id)
+    stored = patiently(load_plan, output, run_id)
     if stored is None:
         rows = read_manifest_task(manifest, settings.allow_inputs)
         detect_reference_poses(rows, output, settings, only)
@@ -254,7 +278,7 @@ def run_plan(
     missing = "its shard did not finish it (see the run's shard_runs); a retry of the run redoes it"
     if lease.lost:
         missing = "the run lost its lease on the output to another run; a retry of the run redoes it"
-    outcomes = collect_outcomes(output, stored, missing=missing)
+    outcomes = patiently(collect_outcomes, output, stored, missing=missing)
 
     report, warnings = write_report(output, run_id, outcomes, summary)
     publish_artifacts(report, outcomes, warnings)
@@ -291,18 +315,18 @@ def take_chunks(output: str, stored: StoredPlan, attempt: int, settings: RunSett
         if keep_going is not None and not keep_going():
             get_run_logger().warning("run %s no longer holds %s: taking no more chunks", stored.run_id, output)
             break
-        if not claim_chunk(output, stored.run_id, attempt, index, taker):
+        if not patiently(claim_chunk, output, stored.run_id, attempt, index, taker):
             progress.advance("generate", chunk["images"])
             continue
         taken += 1
         state = generate_chunk(output, stored.run_id, index, settings, stored.model_checksum, context, return_state=True)
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
-            if not isinstance(error, ChunkIncomplete) or load_chunk_outcomes(output, stored.run_id, index) is None:
+            if not isinstance(error, ChunkIncomplete) or patiently(load_chunk_outcomes, output, stored.run_id, index) is None:
                 # It failed before storing its outcomes (its plan file, the model): fail its jobs.
                 reason = f"chunk {index} failed: {type(error).__name__}: {error}"
-                jobs = load_chunk(output, stored.run_id, index).jobs
-                store_chunk_outcomes(output, stored.run_id, index, [failed(p.job, reason) for p in jobs])
+                jobs = patiently(load_chunk, output, stored.run_id, index).jobs
+                patiently(store_chunk_outcomes, output, stored.run_id, index, [failed(p.job, reason) for p in jobs])
     return taken
 
 

@@ -86,7 +86,7 @@ def _client():
 
 
 def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
-    from botocore.exceptions import ClientError, ConnectionError, NoCredentialsError, ReadTimeoutError
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError, NoCredentialsError
 
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -100,7 +100,9 @@ def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
             return StorageError(f"{uri}: access denied ({code})")
         return StorageError(f"{uri}: S3 error {code or 'unknown'}")
     # Connection and credential problems: the class name says what; the message may not be safe.
-    if isinstance(exc, (ConnectionError, ReadTimeoutError)) and not isinstance(exc, NoCredentialsError):
+    # HTTPClientError covers a connection closed or reset before the response (a load balancer
+    # dropping it), a read timeout and a response body cut short: all worth another try.
+    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)) and not isinstance(exc, NoCredentialsError):
         return TransientStorageError(f"{uri}: S3 unreachable ({exc.__class__.__name__}; transient)")
     return StorageError(f"{uri}: S3 unreachable or unconfigured ({exc.__class__.__name__})")
 

@@ -268,3 +268,40 @@ def load_chunk_jobs(out, run_id, index):
     from pipeline.plans import load_chunk
 
     return load_chunk(str(out), run_id, index).jobs
+
+
+def test_a_transient_storage_error_in_the_flows_own_steps_is_retried_and_the_run_keeps_its_report(
+    prefect_server, catalog, writes, monkeypatch
+):
+    """Finding the stored plan, claiming a chunk and gathering the outcomes run in the flow
+    itself, outside any task. After an S3 outage has used up the SDK's retry quota, one 503
+    there reached the flow and ended the run with no report (found by the chaos suite)."""
+    manifest, out = catalog
+    monkeypatch.setattr(pv, "FLOW_STEP_RETRY_DELAYS_S", (0, 0, 0))
+    failures = Counter()
+
+    def once(name):
+        step = getattr(pv, name)
+
+        def throttled(*args, **kwargs):
+            if not failures[name]:
+                failures[name] += 1
+                raise TransientStorageError(f"{out}/...: S3 error SlowDown (transient)")
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(pv, name, throttled)
+
+    for name in ("load_plan", "claim_chunk", "collect_outcomes"):
+        once(name)
+    state = pv.pose_variants(str(manifest), str(out), **PARAMETERS, return_state=True)
+
+    assert failures == {"load_plan": 1, "claim_chunk": 1, "collect_outcomes": 1}
+    report = {o.job_id: o.status for o in read_report(outputs.report_uri(str(out), str(state.state_details.flow_run_id)))}
+    assert report == {
+        "tee/01_2_side": "succeeded",
+        "tee/01_3_back": "succeeded",
+        "blouse/01_2_side": "succeeded",
+        "blouse/01_3_back": "succeeded",
+        "/": "failed",
+    }
+    assert set(writes.values()) == {1} and len(writes) == 4

@@ -84,3 +84,30 @@ def test_a_read_with_a_byte_cap_refuses_a_larger_object_naming_its_size(where, s
     with pytest.raises(StorageError, match=r"big.jpg: 1001 bytes, over the 1000-byte limit for an input"):
         storage.read_bytes(uri, max_bytes=1000)
     assert storage.read_bytes(uri, max_bytes=1001) == b"x" * 1001
+
+
+def test_a_dropped_connection_or_a_cut_response_is_transient_not_bad_input():
+    """A connection reset before the response (ConnectionClosedError), a read timeout or a body
+    cut short: the chaos suite's proxy showed a reset surfacing as 'S3 unreachable or
+    unconfigured', an InputError, which lost the run with no retry of its plan task."""
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        IncompleteReadError,
+        NoCredentialsError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    from pipeline.storage import StorageError, TransientStorageError, _s3_error
+
+    for exc in (
+        ConnectionClosedError(endpoint_url="http://s3"),
+        ReadTimeoutError(endpoint_url="http://s3"),
+        ResponseStreamingError(error="Connection broken"),
+        IncompleteReadError(actual_bytes=10, expected_bytes=20),
+    ):
+        error = _s3_error("s3://catalog/x.jpg", exc)
+        assert isinstance(error, TransientStorageError), exc
+        assert str(error) == f"s3://catalog/x.jpg: S3 unreachable ({type(exc).__name__}; transient)"
+    unconfigured = _s3_error("s3://catalog/x.jpg", NoCredentialsError())
+    assert isinstance(unconfigured, StorageError) and not isinstance(unconfigured, TransientStorageError)
