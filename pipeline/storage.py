@@ -2,7 +2,11 @@
 
 S3 goes through boto3's own configuration only: the default credential chain, and
 `AWS_ENDPOINT_URL` for S3-compatible stores (MinIO, a test server), so nothing here is
-specific to one provider. Retries are boto3's adaptive mode. Local writes are atomic (a temp
+specific to one provider. Retries are boto3's adaptive mode, and the idempotent operations
+(reads, listings, plain writes, deletes) try again after TRANSIENT_RETRY_DELAYS_S when a
+transient error still gets through: after an outage boto3's retry quota is spent, and for a
+while every single error would reach the caller. Conditional writes are not retried here (a
+lost response to a write that succeeded would read as "someone else won"). Local writes are atomic (a temp
 file renamed into place), so a reader never sees half a file. Errors name the URI and never
 carry credentials.
 """
@@ -10,9 +14,11 @@ carry credentials.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +42,26 @@ TRANSIENT_S3_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestTimeout",
     "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
 }  # fmt: skip
+
+
+# Seconds to wait before each further try of an idempotent operation that met a transient error.
+TRANSIENT_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
+
+
+def retry_transient(operation):
+    """`operation` again after each of TRANSIENT_RETRY_DELAYS_S while it raises
+    TransientStorageError; the last error propagates (to the task, which has retries of its own)."""
+
+    @functools.wraps(operation)
+    def retrying(*args, **kwargs):
+        for delay in TRANSIENT_RETRY_DELAYS_S:
+            try:
+                return operation(*args, **kwargs)
+            except TransientStorageError:
+                time.sleep(delay)
+        return operation(*args, **kwargs)
+
+    return retrying
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,7 @@ def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
     return StorageError(f"{uri}: S3 unreachable or unconfigured ({exc.__class__.__name__})")
 
 
+@retry_transient
 def read_bytes(uri: str | Path, max_bytes: int | None = None) -> bytes:
     """A whole object. With `max_bytes`, an object larger than that is refused before its body
     is read (a StorageError naming its size)."""
@@ -138,6 +165,7 @@ def too_large(uri: str, size: int, max_bytes: int) -> StorageError:
     return StorageError(f"{uri}: {size} bytes, over the {max_bytes}-byte limit for an input (max_input_bytes)")
 
 
+@retry_transient
 def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -> str | None:
     """Write a whole object. S3 PUTs are atomic by nature; local files go through a rename.
     Returns the S3 object's ETag (what a listing will say of this very object), None on disk."""
@@ -165,6 +193,7 @@ def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -
     return None
 
 
+@retry_transient
 def stat(uri: str | Path) -> ObjectInfo | None:
     """Size and version of an object (a HEAD request, or a stat), or None if there is none."""
     uri = str(uri)
@@ -223,6 +252,7 @@ def create_exclusive(uri: str | Path, data: bytes) -> bool:
     return True
 
 
+@retry_transient
 def read_versioned(uri: str | Path) -> tuple[bytes, str] | None:
     """An object's bytes and its version (S3: the ETag; on disk: the sha256 of the bytes), or
     None if there is none: what write_if compares against."""
@@ -278,6 +308,7 @@ def write_if(uri: str | Path, data: bytes, version: str | None) -> str | None:
         return hashlib.sha256(data).hexdigest()
 
 
+@retry_transient
 def delete(uri: str | Path) -> None:
     """Remove an object; one that is not there is not an error."""
     uri = str(uri)
@@ -291,6 +322,7 @@ def delete(uri: str | Path) -> None:
         raise _s3_error(uri, exc) from None
 
 
+@retry_transient
 def list_objects(prefix: str | Path) -> list[ObjectInfo]:
     """Every file under a prefix (recursively) with its size and version, sorted by URI: one
     listing request per 1,000 objects on S3, however many there are."""

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipeline import storage
-from pipeline.storage import StorageError
+from pipeline.storage import StorageError, TransientStorageError
 
 
 @pytest.mark.parametrize("where", ["s3", "local"])
@@ -111,3 +111,37 @@ def test_a_dropped_connection_or_a_cut_response_is_transient_not_bad_input():
         assert str(error) == f"s3://catalog/x.jpg: S3 unreachable ({type(exc).__name__}; transient)"
     unconfigured = _s3_error("s3://catalog/x.jpg", NoCredentialsError())
     assert isinstance(unconfigured, StorageError) and not isinstance(unconfigured, TransientStorageError)
+
+
+def test_a_transient_error_that_gets_past_boto3s_own_retries_is_tried_again(s3, monkeypatch):
+    """After an outage boto3's retry quota is spent and single errors reach the caller (the chaos
+    suite's finding); idempotent operations try again, then let the error go to the task."""
+    from botocore.exceptions import ClientError
+
+    monkeypatch.setattr(storage, "TRANSIENT_RETRY_DELAYS_S", (0, 0, 0))
+    uri = "s3://catalog/in/notes.txt"
+    storage.write_bytes(uri, b"hello")
+    calls = []
+
+    def throttled(failures: int):
+        def before_call(**_):
+            calls.append(1)
+            if len(calls) <= failures:  # raised before the request is sent: boto3 does not retry it
+                raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "GetObject")
+
+        return before_call
+
+    events = storage._client().meta.events
+    for failures, tries in ((3, 4), (4, 4)):
+        calls.clear()
+        hook = throttled(failures)
+        events.register("before-call.s3.GetObject", hook)
+        try:
+            if failures < tries:
+                assert storage.read_bytes(uri) == b"hello"
+            else:
+                with pytest.raises(TransientStorageError, match="notes.txt: S3 error SlowDown"):
+                    storage.read_bytes(uri)
+        finally:
+            events.unregister("before-call.s3.GetObject", hook)
+        assert len(calls) == tries
