@@ -188,13 +188,20 @@ def fitting_batch_size(
 ) -> BatchSizeChoice:
     """The largest batch that fits, with the footprint measured by `peak_bytes` (or cached) and
     the memory `device_memory()` reports as (free, reserved) bytes. A footprint that does not
-    grow with the batch cannot be extrapolated: the default then, with the reason."""
+    grow with the batch cannot be extrapolated: the default then, with the reason. A measurement
+    that runs out of memory gives 1."""
     key = footprint_key(pipe, model_checksum, device_name)
     try:
         footprint, from_cache = cached_footprint(cache_dir, key, lambda: measure_footprint(pipe, peak_bytes))
     except ValueError as error:
         return BatchSizeChoice(
             default, f"auto on {device_name}: the measurement failed ({error}), so the default batch size {default}"
+        )
+    except torch.OutOfMemoryError:
+        # Batch 2 (or the warm-up at 1) did not fit: there is nothing larger to find. Not cached:
+        # the next run may find the device emptier.
+        return BatchSizeChoice(
+            1, f"auto on {device_name}: sampling {MEASURED_BATCHES[-1]} images ran out of memory, so batches of 1"
         )
     free, reserved = device_memory()
     size = largest_batch(footprint, free, reserved, safety_fraction, cap)

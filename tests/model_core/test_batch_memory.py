@@ -139,3 +139,16 @@ def test_off_cuda_auto_is_the_default_and_says_so(tmp_path, pipe):
     assert choice.size == 8 and "auto on cpu: no device memory to measure" in choice.reason
     assert not (tmp_path / batch_memory.CACHE_FOLDER).exists()
     assert pipe.device == torch.device("cpu")
+
+
+def test_a_measurement_that_runs_out_of_memory_gives_batches_of_one_and_is_not_cached(tmp_path, pipe):
+    def out_of_memory_at_two(work):
+        images = work()
+        if len(images) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return images.nelement() * images.element_size()
+
+    options = dict(default=8, device_name="x", device_memory=lambda: (GIB, 0))
+    choice = fitting_batch_size(pipe, "abc", tmp_path, peak_bytes=out_of_memory_at_two, **options)
+    assert choice.size == 1 and "ran out of memory" in choice.reason
+    assert fitting_batch_size(pipe, "abc", tmp_path, peak_bytes=output_bytes, **options).size > 1
