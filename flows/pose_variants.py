@@ -118,7 +118,9 @@ def detect_pose(uri: str, output: str, settings: RunSettings) -> str | None:
 def plan(
     manifest: Manifest, output: str, settings: RunSettings, run_id: str, only: Selection | None, chunk_images: int
 ) -> StoredPlan:
-    return plan_and_store(manifest, output, settings, run_id, only, chunk_images)
+    stored = plan_and_store(manifest, output, settings, run_id, only, chunk_images)
+    get_run_logger().info("batches of at most %d images: %s", stored.batch.size, stored.batch.reason)
+    return stored
 
 
 @task(
@@ -163,7 +165,7 @@ def pose_variants(
     manifest: str,
     output: str,
     model: str = RunSettings.model,
-    batch_size: int = RunSettings.batch_size,
+    batch_size: int | str = RunSettings.batch_size,
     pose_backend: str = RunSettings.pose_backend,
     device: str = RunSettings.device,
     force: bool = RunSettings.force,
@@ -182,7 +184,8 @@ def pose_variants(
     """Pose variants for every row of a catalog manifest.
 
     manifest: CSV manifest (path or s3:// URI). output: where variants, contact sheets and run
-    reports go. model: preset name or model directory. batch_size: images per model call.
+    reports go. model: preset name or model directory. batch_size: images per model call, or auto:
+    the largest batch that fits the planning machine's GPU (the default batch size off CUDA).
     pose_backend: auto, openpose, mediapipe or keypoints. device: auto, cpu, cuda, cuda:N.
     force: regenerate finished variants. shards: runs (machines) that execute the plan together.
     retry_of: a run report; only its failed jobs run. openpose_weights: folder or s3:// prefix
@@ -299,7 +302,16 @@ def detect_reference_poses(rows: Manifest, output: str, settings: RunSettings, o
 def plan_summary(stored: StoredPlan) -> dict:
     decided = outputs.summarize(stored.outcomes)["status"]
     jobs = sum(chunk["jobs"] for chunk in stored.chunks)
-    return {"plan": {"to_generate": jobs, "images": stored.images, "chunks": len(stored.chunks), "decided": decided}}
+    return {
+        "plan": {
+            "to_generate": jobs,
+            "images": stored.images,
+            "chunks": len(stored.chunks),
+            "batch_size": stored.batch.size,
+            "batch_size_reason": stored.batch.reason,
+            "decided": decided,
+        }
+    }
 
 
 def take_chunks(output: str, stored: StoredPlan, attempt: int, settings: RunSettings, taker: str, keep_going=None) -> int:

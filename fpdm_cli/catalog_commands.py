@@ -48,15 +48,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "under OUTPUT with QC sidecars, contact sheets and a run report (OUTPUT/_runs/<run id>/). Finished "
         "variants are skipped. Prints a progress bar per stage, then the jobs by status and QC status, the "
         "failed jobs and the report's location. Exit 0 if every job succeeded or was skipped, 1 if some "
-        "failed, 2 if the manifest or a setting is unusable (unknown model, batch size below 1, openpose "
-        "without weights), before anything runs, 3 if another run is working on OUTPUT (one line names it: run "
+        "failed, 2 if the manifest or a setting is unusable (unknown model, a batch size neither a whole number "
+        "of at least 1 nor auto, openpose without weights), before anything runs, 3 if another run is working on OUTPUT (one line names it: run "
         "id, host, since). Prefect runs embedded unless PREFECT_API_URL names a "
         "server; its logs are off on the console unless PREFECT_LOGGING_LEVEL=INFO.",
     )
     run.add_argument("manifest", help="manifest CSV: a path or an s3:// URI")
     run.add_argument("--output", required=True, help="output folder or s3:// prefix")
     run.add_argument("--model", help="preset name or model directory (default tiny)")
-    run.add_argument("--batch-size", dest="batch_size", type=int, help="images per model call (default 8)")
+    run.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        metavar="N|auto",
+        help="images per model call, or auto: the largest batch that fits the GPU, measured once per model and "
+        "device and cached (off CUDA: the default) (default 8)",
+    )
     add_detector_arguments(run, "--pose-backend", POSE_BACKENDS, default=argparse.SUPPRESS)
     add_device_argument(run, default=argparse.SUPPRESS)
     run.add_argument("--force", action="store_true", help="regenerate variants that are already complete")

@@ -90,6 +90,7 @@ def print_plan(plan, folder: str) -> None:
     console.print(f"to generate: {to_generate} jobs, {plan.images} images, {batches} batches, {len(plan.chunks)} chunks")
     console.print(f"to skip:     {decided[SKIPPED]} jobs (complete, or disabled in the manifest)")
     console.print(f"to fail:     {decided[FAILED]} jobs (bad input)")
+    console.print(f"batch size:  {plan.batch.size} ({plan.batch.reason})", markup=False, soft_wrap=True)
     failures = [o for o in plan.outcomes if o.status == FAILED]
     for outcome in failures[:FAILURES_SHOWN]:
         job = outcome.job_id if outcome.variant_id else f"row {outcome.row}"

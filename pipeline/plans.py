@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from model_core.batch_memory import BatchSizeChoice
 from model_core.errors import InputError
 from model_core.pipeline_fpdm import model_checksum
 
@@ -64,6 +65,7 @@ class RunPlan:
     model_checksum: str
     settings: dict  # RunSettings.as_parameters() of the run that planned it
     outcomes: list[JobOutcome]  # decided while planning: failed rows and jobs, complete variants skipped
+    batch: BatchSizeChoice  # the batch size planned with (settings' own, or what `auto` resolved to)
     chunks: list[Chunk] = field(default_factory=list)
 
     @property
@@ -83,14 +85,21 @@ def plan_run(
     resolver: PoseResolver,
     keep=None,
     chunk_images: int = CHUNK_IMAGES,
+    batch: BatchSizeChoice | None = None,
 ) -> RunPlan:
     """Every job of the manifest (those `keep(job)` accepts, when given), decided: failed with its
-    reason, skipped as complete, or batched into a chunk to generate.
+    reason, skipped as complete, or batched into a chunk to generate. Batches are of
+    `batch.size` images, by default the settings' batch size (`auto` must be resolved first:
+    pipeline.run.resolve_batch_size).
 
     Reads of a source photo are a HEAD and a cached fingerprint (or, for a new or changed photo,
     one read that is hashed and measured, never decoded); keypoint files are read once each;
     completion is decided from listings of the output and the sidecars of listed variants.
     Requests run PLANNING_REQUESTS at a time."""
+    if batch is None:
+        if not isinstance(settings.batch_size, int):
+            raise ValueError(f"batch size {settings.batch_size!r}: resolve it before planning (pipeline.run.resolve_batch_size)")
+        batch = BatchSizeChoice(settings.batch_size, "given")
     checksum = model_checksum(settings.model)
     jobs, outcomes = expand_jobs(manifest, settings.defaults)
     if keep is not None:
@@ -130,7 +139,8 @@ def plan_run(
         model_checksum=checksum,
         settings=settings.as_parameters(),
         outcomes=outcomes,
-        chunks=chunk_batches(plan_batches(pending, settings.batch_size), chunk_images),
+        batch=batch,
+        chunks=chunk_batches(plan_batches(pending, batch.size), chunk_images),
     )
 
 
@@ -214,6 +224,8 @@ def store_plan(output: str, plan: RunPlan) -> str:
         "manifest_sha256": plan.manifest_sha256,
         "model_checksum": plan.model_checksum,
         "settings": plan.settings,
+        "batch_size": plan.batch.size,
+        "batch_size_reason": plan.batch.reason,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "chunks": [{"index": c.index, "batches": len(c.batches), "jobs": len(c.jobs), "images": c.images} for c in plan.chunks],
         "outcomes": [outcome.to_json() for outcome in plan.outcomes],
@@ -236,6 +248,7 @@ class StoredPlan:
     settings: dict
     outcomes: list[JobOutcome]
     chunks: list[dict]  # index, batches, jobs, images
+    batch: BatchSizeChoice
 
     @property
     def images(self) -> int:
@@ -259,6 +272,10 @@ def load_plan(output: str, run_id: str) -> StoredPlan | None:
             settings=dict(data["settings"]),
             outcomes=[JobOutcome.from_json(o) for o in data["outcomes"]],
             chunks=list(data["chunks"]),
+            # A plan stored before `auto` existed was planned with its settings' batch size.
+            batch=BatchSizeChoice(
+                int(data.get("batch_size", data["settings"]["batch_size"])), str(data.get("batch_size_reason", "given"))
+            ),
         )
     except (InputError, ValueError, KeyError, TypeError, RecursionError):
         return None

@@ -211,12 +211,6 @@ def _import_controlnet_aux_openpose():
     return controlnet_aux.__version__, body, model
 
 
-def _cache_root() -> Path:
-    if os.environ.get("FPDM_CACHE"):
-        return Path(os.environ["FPDM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fpdm"
-
-
 def _missing_weights(where: str) -> InputError:
     return InputError(
         f"{where}: no OpenPose body weights there (expected {OPENPOSE_WEIGHT_FILES[1]} from "
@@ -234,7 +228,7 @@ def _local_openpose_weights(weights: str) -> Path:
         raise _missing_weights(weights)
 
     prefix = weights.rstrip("/")
-    cache = _cache_root() / "openpose" / hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    cache = storage.local_cache_root() / "openpose" / hashlib.sha256(prefix.encode()).hexdigest()[:16]
     for file_name in OPENPOSE_WEIGHT_FILES:
         if (cache / file_name).is_file():  # complete: write_bytes renames into place
             return cache / file_name

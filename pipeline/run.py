@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import dataclass, field
 
 from PIL import Image
 
+from model_core.batch_memory import BatchSizeChoice, auto_batch_size, without_device_memory
 from model_core.errors import InputError
 from model_core.images import PHOTO_FORMATS
-from model_core.pipeline_fpdm import FPDMPipeline, model_checksum
+from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, resolve_device
 
 from . import outputs, progress, storage
 from .execution import load_chunk_outcomes
@@ -33,13 +35,19 @@ from .plans import CHUNK_IMAGES, StoredPlan, load_chunk, load_plan, plan_run, st
 from .pose_detection import make_pose_detector
 from .qc import DEFAULT_QC, QCConfig
 
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+# The batch size that fits the planning machine's GPU (model_core.batch_memory); the default off CUDA.
+AUTO_BATCH_SIZE = "auto"
+
 
 # The one place a run's defaults are set: the flow's parameters and `fpdm run`'s options take theirs
 # from these fields, so a flow run and a CLI run left at their defaults run the same way.
 @dataclass(frozen=True)
 class RunSettings:
     model: str = "tiny"  # preset name or model directory
-    batch_size: int = 8  # images per model call (jobs x candidates)
+    batch_size: int | str = DEFAULT_BATCH_SIZE  # images per model call (jobs x candidates), or "auto"
     pose_backend: str = "auto"
     openpose_weights: str | None = None  # folder or s3:// prefix; else $FPDM_OPENPOSE_WEIGHTS
     device: str = "auto"
@@ -56,6 +64,7 @@ class RunSettings:
         # Recorded settings (summary.json, a flow's parameters) come back as lists.
         object.__setattr__(self, "allow_inputs", tuple(self.allow_inputs))
         object.__setattr__(self, "image_formats", tuple(f.upper() for f in self.image_formats))
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
 
     @property
     def input_limits(self) -> InputLimits:
@@ -75,6 +84,36 @@ class RunSettings:
             "max_input_bytes": self.max_input_bytes,
             "image_formats": list(self.image_formats),
         }
+
+
+def parse_batch_size(value) -> int | str:
+    """A batch size as given (a number, its text from the command line or a deployment's
+    parameters, or "auto"), checked: a whole number of at least 1, or "auto"."""
+    if value == AUTO_BATCH_SIZE:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InputError(f"batch size must be a whole number of at least 1, or {AUTO_BATCH_SIZE}; got {value!r}")
+
+
+def resolve_batch_size(settings: RunSettings) -> BatchSizeChoice:
+    """The batch size to plan with. `auto` is resolved here, in the process that plans, on the
+    run's device: on CUDA the largest batch that fits (measured once per model, resolution,
+    dtype and device, and cached in the local cache), elsewhere the default. Shards execute the
+    plan's batches, so the planning machine's GPU decides; a batch that does not fit another is
+    split by the out-of-memory fallback (pipeline.execution.generate_prepared)."""
+    if settings.batch_size != AUTO_BATCH_SIZE:
+        return BatchSizeChoice(settings.batch_size, "given")
+    device = resolve_device(settings.device)
+    if device.type != "cuda":
+        choice = without_device_memory(device, DEFAULT_BATCH_SIZE)  # no model to load for that
+    else:
+        pipe = shared_model(settings.model, settings.device)  # the one this process's chunks use
+        choice = auto_batch_size(pipe, model_checksum(settings.model), storage.local_cache_root(), DEFAULT_BATCH_SIZE)
+    logger.info("batch size %d: %s", choice.size, choice.reason)
+    return choice
 
 
 @dataclass(frozen=True)
@@ -115,7 +154,16 @@ def plan_and_store(
     if stored is not None:
         return stored
     keep = only.keeps if only else None
-    plan = plan_run(manifest, output, settings, run_id, pose_resolver(output, settings), keep=keep, chunk_images=chunk_images)
+    plan = plan_run(
+        manifest,
+        output,
+        settings,
+        run_id,
+        pose_resolver(output, settings),
+        keep=keep,
+        chunk_images=chunk_images,
+        batch=resolve_batch_size(settings),
+    )
     store_plan(output, plan)
     return load_plan(output, run_id)
 
@@ -208,11 +256,10 @@ def run_summary(manifest_uri: str, output: str, settings: RunSettings, **more) -
 
 
 def check_settings(settings: RunSettings) -> None:
-    """Refuse settings that would fail every job, before a run starts: an unknown model, a
-    batch size below 1, an unknown pose backend or openpose without its weights."""
+    """Refuse settings that would fail every job, before a run starts: an unknown model, an
+    unknown pose backend or openpose without its weights. (A bad batch size is refused when the
+    settings are made.)"""
     model_checksum(settings.model)
-    if settings.batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {settings.batch_size}")
     if settings.max_input_bytes < 1:
         raise InputError(f"max input bytes must be at least 1, got {settings.max_input_bytes}")
     unknown = sorted(set(settings.image_formats) - set(Image.registered_extensions().values()))

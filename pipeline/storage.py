@@ -28,6 +28,14 @@ from model_core.errors import InputError
 S3_SCHEME = "s3://"
 
 
+def local_cache_root() -> Path:
+    """This machine's cache of things fetched or measured once (OpenPose weights, batch memory
+    footprints): $FPDM_CACHE, else $XDG_CACHE_HOME/fpdm, else ~/.cache/fpdm."""
+    if os.environ.get("FPDM_CACHE"):
+        return Path(os.environ["FPDM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fpdm"
+
+
 class StorageError(InputError):
     """A URI that could not be read or written: missing object, no access, bad URI."""
 

@@ -274,6 +274,8 @@ def test_validate_of_a_manifest_on_s3_refuses_inputs_elsewhere_unless_allowed(s3
         (["--allow-input", "poses/"], "--allow-input poses/: give an s3:// prefix or an absolute folder"),
         (["--image-format", "NOPE"], "image formats: NOPE"),
         (["--max-input-bytes", "0"], "max input bytes must be at least 1"),
+        (["--batch-size", "big"], "batch size must be a whole number of at least 1, or auto; got 'big'"),
+        (["--batch-size", "0"], "batch size must be a whole number of at least 1, or auto; got 0"),
     ],
 )
 def test_run_refuses_unusable_input_settings_before_starting(tmp_path, capsys, option, message):

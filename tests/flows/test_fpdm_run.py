@@ -156,3 +156,22 @@ def test_fpdm_run_refuses_an_unusable_manifest_or_setting_before_starting(tmp_pa
     assert main(["run", str(good), "--output", str(tmp_path / "out"), "--batch-size", "0"]) == 2
     assert "batch size must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_with_batch_size_auto_on_the_cpu_plans_batches_of_the_default(tmp_path):
+    from synthetic import write_catalog_manifest
+
+    example = write_catalog_manifest(tmp_path / "catalog", garments=3, seed=5)  # 9 jobs of one setting
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    output = tmp_path / "out"
+    dry = fpdm(
+        "run", str(example.manifest), "--output", str(output), "--model", "tiny", "--device", "cpu",
+        "--pose-backend", "keypoints", "--batch-size", "auto", "--dry-run", env=env,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "to generate: 9 jobs, 9 images, 2 batches, 1 chunks" in dry.stdout
+    assert "batch size:  8 (auto on cpu: no device memory to measure there, so the default batch size 8)" in dry.stdout
+    [plan] = output.glob("_runs/*/plan/plan.json")
+    recorded = json.loads(plan.read_text())
+    assert recorded["batch_size"] == 8 and recorded["settings"]["batch_size"] == "auto"

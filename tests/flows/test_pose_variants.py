@@ -139,7 +139,9 @@ def test_a_shard_executes_the_stored_plan_taking_only_unclaimed_chunks(prefect_s
     # A dry run plans and stores the plan, and generates nothing.
     planned = pv.pose_variants(str(manifest), str(out), **PARAMETERS, dry_run=True, return_state=True)
     run_id = str(planned.state_details.flow_run_id)
-    assert planned.result()["counts"] == {"to_generate": 4, "images": 4, "chunks": 1, "decided": {"failed": 1}}
+    assert planned.result()["counts"] == {
+        "to_generate": 4, "images": 4, "chunks": 1, "batch_size": 2, "batch_size_reason": "given", "decided": {"failed": 1},
+    }  # fmt: skip
     assert not writes and not batches_run.calls
 
     # Shards work under their run's lease (here held as its parent would).

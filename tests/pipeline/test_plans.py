@@ -330,3 +330,33 @@ def test_the_pose_detector_is_part_of_a_photo_poses_inputs_key(manifest, tmp_pat
     switched, plan = plan_with("openpose-body25")
     assert set(switched) == {"from-photo"}  # the photo's pose is regenerated; the keypoint file's is not
     assert [o.variant_id for o in plan.outcomes if o.status == "skipped"] == ["from-file"]
+
+
+def test_auto_batch_size_on_the_cpu_plans_with_the_default_and_records_it(manifest, tmp_path, monkeypatch):
+    import pipeline.run as run
+
+    def no_model(*args):
+        raise AssertionError("auto off CUDA loaded the model")
+
+    monkeypatch.setattr(run, "shared_model", no_model)
+    out = str(tmp_path / "out")
+    settings = RunSettings(**{**SETTINGS.__dict__, "batch_size": "auto"})
+    stored = run.plan_and_store(read_manifest(manifest), out, settings, "run-auto", chunk_images=100)
+    assert stored.batch.size == run.DEFAULT_BATCH_SIZE == 8
+    assert stored.batch.reason.startswith("auto on cpu: no device memory to measure")
+    assert stored.settings["batch_size"] == "auto"  # a retry resolves it again, on its own device
+    assert [len(batch.jobs) for batch in load_chunk(out, "run-auto", 0).batches] == [8, 1]  # 9 jobs
+    recorded = json.loads(storage.read_bytes(storage.join(out, "_runs", "run-auto", "plan", "plan.json")))
+    assert (recorded["batch_size"], recorded["batch_size_reason"]) == (8, stored.batch.reason)
+
+
+@pytest.mark.parametrize("value", [0, -3, "big", "8.0", 2.5, True, None, ""])
+def test_a_batch_size_other_than_a_positive_whole_number_or_auto_is_refused(value):
+    from model_core.errors import InputError
+
+    with pytest.raises(InputError, match=r"batch size must be a whole number of at least 1, or auto; got "):
+        RunSettings(batch_size=value)
+
+
+def test_a_batch_size_given_as_text_is_a_number():
+    assert RunSettings(batch_size="12").batch_size == 12 and RunSettings(batch_size="auto").batch_size == "auto"
