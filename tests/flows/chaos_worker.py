@@ -7,8 +7,12 @@ multiprocessing fork server that imported the pipeline and loaded the `tiny` mod
 `chaos_preload`): a worker is a process of its own, with its own S3 client and connections,
 killed with SIGKILL like any other, and it starts in a fraction of a second.
 
-A worker waits for the run in progress on its output to store its plan, then, like a shard of
-that run, claims chunks (pipeline.execution.claim_chunk) and executes them
+A second run on the same output (`new_run`) waits until the run in progress holds the output's
+lease, then starts the way every run starts, by taking that lease (pipeline.leases.Lease), and
+writes `busy MESSAGE` when it is refused (`acquired` if the first run had ended by then).
+
+Any other worker waits for the run in progress on its output to store its plan, then, like a
+shard of that run, claims chunks (pipeline.execution.claim_chunk) and executes them
 (pipeline.execution.execute_chunk) until none is left. It writes what it does, one line at a
 time, to its events file: `plan RUN`, `variant URI` after each variant written, and
 `png-without-sidecar URI` just before it kills itself between a variant's PNG and its sidecar.
@@ -46,6 +50,7 @@ class WorkerSpec:
     taker: str
     events: str  # path of the events file
     die_before_sidecar: int | None = None  # kill itself between the PNG and the sidecar of its n-th variant
+    new_run: str | None = None  # a second run with this id on the same output, instead of a shard
     plan_timeout_s: float = 120.0
 
 
@@ -59,6 +64,10 @@ def work(spec: WorkerSpec) -> None:
 
     compress_sdk_time(setattr)
     events = open(spec.events, "a", buffering=1)  # noqa: SIM115 - open until the process ends, or is killed
+    if spec.new_run is not None:
+        _start_second_run(spec, events)
+        events.close()
+        return
     _record_variants(events, spec.die_before_sidecar)
     from pipeline.run import shared_pose_detector
 
@@ -100,6 +109,35 @@ def _record_variants(events, die_before_sidecar: int | None) -> None:
     outputs.write_variant = recording_write_variant
     if die_before_sidecar is not None:
         storage.write_bytes = dying_write_bytes
+
+
+def _start_second_run(spec: WorkerSpec, events) -> None:
+    from pipeline.leases import Lease, OutputBusy, current_holder
+    from pipeline.storage import TransientStorageError
+
+    give_up = time.monotonic() + spec.plan_timeout_s
+    while time.monotonic() < give_up:
+        try:
+            holder = current_holder(spec.output)
+        except TransientStorageError:
+            holder = None  # the store is failing; look again
+        if holder is not None:
+            events.write(f"holder {holder.run_id}\n")
+            break
+        time.sleep(0.05)
+    else:
+        return
+    lease = Lease(spec.output, spec.new_run)
+    try:
+        lease.acquire()
+    except OutputBusy as busy:
+        events.write(f"busy {busy}\n")
+        return
+    except TransientStorageError as error:
+        events.write(f"transient {error}\n")  # as a run whose first step failed: it ends without a report
+        return
+    events.write("acquired\n")
+    lease.release()
 
 
 def _wait_for_plan(output: str, timeout_s: float):

@@ -12,10 +12,8 @@ Faults, drawn from each trial's seed (each kind is forced on in every fifth tria
   killed after it wrote a few variants;
 - a kill between PNG and sidecar: a worker that kills itself between writing a variant's image
   and its sidecar;
-- a concurrent second run on the same output. Until the output lease exists, this is a second
-  process that joins the run in progress: it finds the run's stored plan and claims chunks,
-  as a shard does, or the workers of a crashed run that an operator's Retry takes over.
-  (When the lease lands, see `second_run_on_the_same_output`.)
+- a concurrent second run on the same output: a process that starts a new run while the first
+  one works, and must be refused at once by the output's lease, naming the run that holds it.
 
 After every trial: a final report (a plain rerun's) accounts for every manifest row exactly
 once and generated nothing; every variant's PNG has the sha256 and size its sidecar records,
@@ -298,16 +296,22 @@ class Worker:
         return any(line.startswith("plan ") for line in self.lines())
 
     @property
+    def found_holder(self) -> bool:
+        return any(line.startswith("holder ") for line in self.lines())
+
+    @property
     def variants(self) -> int:
         return sum(line.startswith("variant ") for line in self.lines())
 
 
-def start_worker(context, kind: str, tmp_path: Path, die_before_sidecar: int | None = None) -> Worker:
+def start_worker(context, kind: str, tmp_path: Path, die_before_sidecar: int | None = None, new_run: str | None = None) -> Worker:
     from chaos_worker import WorkerSpec, work
 
     events = tmp_path / f"{kind.replace(' ', '-')}.events"
     environment = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
-    spec = WorkerSpec(environment, OUTPUT, attempt=1, taker=kind, events=str(events), die_before_sidecar=die_before_sidecar)
+    spec = WorkerSpec(
+        environment, OUTPUT, attempt=1, taker=kind, events=str(events), die_before_sidecar=die_before_sidecar, new_run=new_run
+    )
     process = context.Process(target=work, args=(spec,), name=kind, daemon=True)
     process.start()
     return Worker(kind, process, events)
@@ -334,7 +338,7 @@ def settle(workers: list[Worker]) -> None:
     storing one) is stopped; the others are waited for, as an operator waits for a run's
     processes to end before retrying it."""
     for worker in workers:
-        if worker.process.is_alive() and not worker.found_plan:
+        if worker.process.is_alive() and not (worker.found_plan or worker.found_holder):
             worker.process.kill()
     for worker in workers:
         worker.process.join(timeout=240)
@@ -342,11 +346,8 @@ def settle(workers: list[Worker]) -> None:
 
 
 def second_run_on_the_same_output(context, tmp_path: Path) -> Worker:
-    """The concurrent second run. Today it joins the run in progress (its stored plan and its
-    chunk claims keep the two processes off each other's jobs). When the output lease lands,
-    start it as a new run instead (a worker that plans its own run on OUTPUT, or `fpdm run` in
-    a subprocess) and assert in `test_chaos_trial` that it stopped at once, naming the holder."""
-    return start_worker(context, "concurrent second run", tmp_path)
+    """The concurrent second run: a new run (its own id) on the output the first run works on."""
+    return start_worker(context, "concurrent second run", tmp_path, new_run=f"second-run-{tmp_path.name}")
 
 
 # ----- the operator -----------------------------------------------------------------------------
@@ -481,8 +482,13 @@ def test_chaos_trial(seed, prefect_server, fault_proxy, direct, worker_processes
         ):
             assert worker.process.exitcode == -9
             fired[worker.kind] += 1
-        if worker.kind == "concurrent second run" and worker.found_plan:
-            fired[worker.kind] += 1
+        if worker.kind == "concurrent second run":
+            [refusal] = [line for line in worker.lines() if line.startswith("busy ")] or [None]
+            if refusal is not None:
+                # Refused at once, naming the first run, which holds the output.
+                assert f"{OUTPUT} is in use by run {rounds[0].run_id} on host " in refusal, refusal
+                fired[worker.kind] += 1
+            assert not any(line.startswith("variant ") for line in worker.lines())
 
     chaos_totals.trials += 1
     chaos_totals.faults.update(fired)
