@@ -37,7 +37,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Cancelling, Failed
 
 from model_core.errors import InputError
-from pipeline import outputs, progress
+from pipeline import outputs, progress, storage
 from pipeline.execution import ChunkIncomplete, claim_chunk, execute_chunk, load_chunk_outcomes, store_chunk_outcomes
 from pipeline.leases import Lease, held_by
 from pipeline.manifest import Manifest, read_manifest
@@ -55,7 +55,6 @@ from pipeline.run import (
     run_summary,
     shared_model,
 )
-from pipeline.storage import TransientStorageError
 
 # A chunk is a few minutes of GPU work; a hung one (a wedged driver) should not hold the worker
 # all night. Retries cover transient faults (a flaky S3 read, a GPU reset); a retry of a chunk
@@ -80,12 +79,7 @@ FLOW_STEP_RETRY_DELAYS_S = (1, 5, 15)
 def patiently(step, *args, **kwargs):
     """`step(*args, **kwargs)`, tried again after each of FLOW_STEP_RETRY_DELAYS_S on a
     transient storage error; the last error propagates."""
-    for delay in FLOW_STEP_RETRY_DELAYS_S:
-        try:
-            return step(*args, **kwargs)
-        except TransientStorageError:
-            time.sleep(delay)
-    return step(*args, **kwargs)
+    return storage.retrying(step, FLOW_STEP_RETRY_DELAYS_S, *args, **kwargs)
 
 
 def _not_bad_input(task, task_run, state) -> bool:

@@ -56,20 +56,25 @@ TRANSIENT_S3_CODES = {
 TRANSIENT_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 
 
-def retry_transient(operation):
-    """`operation` again after each of TRANSIENT_RETRY_DELAYS_S while it raises
+def retrying(step, delays: tuple[float, ...], *args, **kwargs):
+    """`step(*args, **kwargs)`, tried again after each of `delays` while it raises
     TransientStorageError; the last error propagates (to the task, which has retries of its own)."""
+    for delay in delays:
+        try:
+            return step(*args, **kwargs)
+        except TransientStorageError:
+            time.sleep(delay)
+    return step(*args, **kwargs)
+
+
+def retry_transient(operation):
+    """An idempotent storage operation, tried again after TRANSIENT_RETRY_DELAYS_S."""
 
     @functools.wraps(operation)
-    def retrying(*args, **kwargs):
-        for delay in TRANSIENT_RETRY_DELAYS_S:
-            try:
-                return operation(*args, **kwargs)
-            except TransientStorageError:
-                time.sleep(delay)
-        return operation(*args, **kwargs)
+    def retried(*args, **kwargs):
+        return retrying(operation, TRANSIENT_RETRY_DELAYS_S, *args, **kwargs)
 
-    return retrying
+    return retried
 
 
 @dataclass(frozen=True)

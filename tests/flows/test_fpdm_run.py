@@ -116,7 +116,7 @@ def test_fpdm_run_over_s3_then_rerun_then_retry(catalog):
     assert busy.returncode == 3
     [error] = [line for line in busy.stderr.splitlines() if line.startswith("fpdm: error:")]
     assert error.startswith(f"fpdm: error: {output} is in use by run nightly-run on host {other.record.host} since ")
-    assert busy.stderr.endswith(error + "\n") and "Traceback" not in busy.stderr
+    assert "Traceback" not in busy.stderr  # one line says it all (Prefect may log its own shutdown after it)
     other.release()
 
     # The same run again: nothing is written, every good job is skipped.
@@ -154,7 +154,7 @@ def test_fpdm_run_refuses_an_unusable_manifest_or_setting_before_starting(tmp_pa
     assert main(["run", str(good), "--output", str(tmp_path / "out"), "--model", "no-such-model"]) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert main(["run", str(good), "--output", str(tmp_path / "out"), "--batch-size", "0"]) == 2
-    assert "batch size must be at least 1" in capsys.readouterr().err
+    assert "batch size must be a whole number of at least 1, or auto; got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
