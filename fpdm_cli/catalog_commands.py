@@ -102,6 +102,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_allow_input(retry)
     retry.set_defaults(run=run_retry)
 
+    report = subparsers.add_parser(
+        "report",
+        help="rebuild the report of a run that died before writing it",
+        description="Write OUTPUT/_runs/RUN_ID/report.csv for a run that ended without one (its process killed, "
+        "its machine gone): from its stored plan, the outcomes its chunks stored and, for a chunk that never "
+        "finished, the verified sidecars of the variants it wrote; its other jobs fail as not generated, so "
+        "`fpdm retry` of the new report redoes them. Refused while the run still holds its output, and for a run "
+        "that has a report. Prints the report's URI.",
+    )
+    report.add_argument("output", help="the run's output: a folder or an s3:// prefix")
+    report.add_argument("run_id", help="the run's id (its flow run id: the folder name under OUTPUT/_runs/)")
+    report.set_defaults(run=run_report)
+
     validate = subparsers.add_parser(
         "validate",
         help="check a catalog manifest and list every problem",
@@ -124,6 +137,13 @@ def run_run(args: argparse.Namespace) -> int:
     read_manifest(args.manifest, settings.allow_inputs)  # unusable: one error line and exit 2 before anything starts
     check_settings(settings)
     return run_flow(args.manifest, args.output, settings, retry_of=None, dry_run=getattr(args, "dry_run", False))
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pipeline.run import rebuild_report
+
+    print(rebuild_report(args.output, args.run_id))
+    return 0
 
 
 def run_retry(args: argparse.Namespace) -> int:

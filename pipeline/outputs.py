@@ -204,6 +204,9 @@ def read_report(uri: str) -> list[JobOutcome]:
 # ----- contact sheet ----------------------------------------------------------------------------
 
 TILE_HEIGHT = 256
+# A sheet is a grid this many cells wide, and shows at most this many variants (the rest are counted).
+CONTACT_SHEET_COLUMNS = 10
+CONTACT_SHEET_MAX_VARIANTS = 199
 
 
 def write_contact_sheet(output: str, garment_id: str) -> str | None:
@@ -221,14 +224,22 @@ def write_contact_sheet(output: str, garment_id: str) -> str | None:
         return None
     sidecars.sort(key=lambda s: s["variant_id"])
 
+    shown, hidden = sidecars[:CONTACT_SHEET_MAX_VARIANTS], len(sidecars) - CONTACT_SHEET_MAX_VARIANTS
     first = sidecars[0]
     variant_size = (first["image"]["width"], first["image"]["height"])
     scale = TILE_HEIGHT / variant_size[1]
     tile = (round(variant_size[0] * scale), TILE_HEIGHT)
     pad, label = 8, 34
-    columns = 1 + len(sidecars)
-    sheet = Image.new("RGB", (columns * (tile[0] + pad) + pad, 2 * tile[1] + 3 * pad + label), (250, 250, 248))
+    # A grid of cells (the source, then each variant: its skeleton above it), so that no garment,
+    # however many variants it has, makes a sheet wider than JPEG's 65,500 pixels.
+    cell = (tile[0] + pad, 2 * tile[1] + 3 * pad + label)
+    columns = min(CONTACT_SHEET_COLUMNS, 1 + len(shown))
+    rows = -(-(1 + len(shown)) // columns)
+    sheet = Image.new("RGB", (columns * cell[0] + pad, rows * cell[1]), (250, 250, 248))
     draw = ImageDraw.Draw(sheet)
+
+    def corner(index: int) -> tuple[int, int]:
+        return pad + (index % columns) * cell[0], pad + (index // columns) * cell[1]
 
     try:
         source = decode_image(storage.read_bytes(first["source"]["uri"]), first["source"]["uri"])
@@ -237,17 +248,19 @@ def write_contact_sheet(output: str, garment_id: str) -> str | None:
         draw.text((pad, 2 * pad + tile[1]), "source", fill=(0, 0, 0))
     except InputError:
         draw.text((pad, pad), "source unreadable", fill=(200, 0, 0))
+    if hidden > 0:
+        draw.text((pad, 2 * pad + tile[1] + 18), f"+{hidden} variants not shown", fill=(200, 0, 0))
 
-    for index, sidecar in enumerate(sidecars, start=1):
-        x = pad + index * (tile[0] + pad)
+    for index, sidecar in enumerate(shown, start=1):
+        x, y = corner(index)
         keypoints = Keypoints.from_json(sidecar["keypoints"]).fitted(*variant_size, mode="pad")
-        sheet.paste(render_skeleton(keypoints).resize(tile), (x, pad))
+        sheet.paste(render_skeleton(keypoints).resize(tile), (x, y))
         try:
             variant = decode_image(storage.read_bytes(sidecar["image"]["uri"]), sidecar["image"]["uri"])
         except InputError:
             continue
         status = sidecar.get("qc", {}).get("status", "")
-        top = 2 * pad + tile[1]
+        top = y + pad + tile[1]
         colour = QC_COLOURS.get(status, (120, 120, 120))
         draw.rectangle((x - 4, top - 4, x + tile[0] + 3, top + tile[1] + 3), fill=colour)
         sheet.paste(variant.resize(tile), (x, top))

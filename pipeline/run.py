@@ -27,9 +27,9 @@ from model_core.images import PHOTO_FORMATS
 from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, resolve_device
 
 from . import outputs, progress, storage
-from .execution import load_chunk_outcomes
+from .execution import load_chunk_outcomes, succeeded_earlier
 from .inputs import InputLimits
-from .manifest import Manifest
+from .manifest import SAFE_ID, Manifest
 from .planning import FAILED, SUCCEEDED, JobOutcome, PoseResolver, RunDefaults, expand_jobs, failed, is_photo
 from .plans import CHUNK_IMAGES, StoredPlan, load_chunk, load_plan, plan_run, store_plan
 from .pose_detection import make_pose_detector
@@ -178,6 +178,41 @@ def collect_outcomes(output: str, plan: StoredPlan, missing: str = "its chunk ne
             stored = [failed(p.job, f"not generated: {missing}") for p in load_chunk(output, plan.run_id, chunk["index"]).jobs]
         outcomes += stored
     return outcomes
+
+
+def rebuild_report(output: str, run_id: str) -> str:
+    """The report of a run that died before writing its own (its process killed, its machine
+    gone), from what it left on storage: its stored plan, the outcomes its chunks stored, and
+    for a chunk that never finished the sidecars of the variants it wrote (verified as a rerun
+    verifies them); its other jobs fail as not generated, for `fpdm retry`. Refused while the
+    run still holds its output, and for a run that has a report."""
+    from .leases import current_holder
+
+    if not SAFE_ID.fullmatch(run_id):
+        raise InputError(f"run id {run_id[:80]!r} is not a run's id (letters, digits, '.', '_', '-')")
+    plan = load_plan(output, run_id)
+    if plan is None:
+        raise InputError(f"{output}: no stored plan of run {run_id} (see {outputs.run_folder(output, run_id)})")
+    if storage.exists(outputs.report_uri(output, run_id)):
+        raise InputError(f"run {run_id} has its report already: {outputs.report_uri(output, run_id)}")
+    holder = current_holder(output)
+    if holder is not None and holder.run_id == run_id:
+        raise InputError(f"run {run_id} is still working on {output} (since {holder.since}); its report comes at its end")
+    outcomes = list(plan.outcomes)
+    for chunk in plan.chunks:
+        stored = load_chunk_outcomes(output, run_id, chunk["index"])
+        if stored is None:
+            jobs = load_chunk(output, run_id, chunk["index"]).jobs
+            complete = outputs.complete_variants(output, jobs)
+            stored = [
+                succeeded_earlier(p, complete[p.job.job_id])
+                if p.job.job_id in complete
+                else failed(p.job, "not generated: the run ended before its chunk finished; a retry of the run redoes it")
+                for p in jobs
+            ]
+        outcomes += stored
+    summary = {"manifest": plan.manifest_uri, "output": output, "settings": plan.settings, "rebuilt": True}
+    return outputs.write_report(output, run_id, outcomes, summary)
 
 
 def reference_photos(manifest: Manifest, settings: RunSettings, only: Selection | None = None) -> list[str]:

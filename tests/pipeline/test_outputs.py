@@ -184,3 +184,31 @@ def test_with_many_garments_one_listing_of_the_output_decides(manifest, out, mon
     assert len({p.job.garment_id for p in jobs}) == 2
     assert set(outputs.complete_variants(out, jobs)) == {p.job.job_id for p in jobs[:2] + jobs[-1:]}
     assert [prefix.rstrip("/") for prefix in listed] == [out]
+
+
+def test_a_garment_with_hundreds_of_variants_gets_a_contact_sheet_in_rows(manifest, tmp_path):
+    """A sheet one variant wide per column broke JPEG's 65,500-pixel limit at about 330 variants
+    and cost the run its contact sheets; a grid of CONTACT_SHEET_COLUMNS, capped at
+    CONTACT_SHEET_MAX_VARIANTS, fits any garment."""
+    out = str(tmp_path / "out")
+    planned = plan_jobs(manifest, out)[0]
+    count = 400
+    for index in range(count):
+        job = dataclasses.replace(planned.job, variant_id=f"pose-{index:03d}")
+        sidecar = {
+            "job_id": job.job_id,
+            "garment_id": job.garment_id,
+            "variant_id": job.variant_id,
+            "source": {"uri": job.source_image},
+            "keypoints": json.loads(storage.read_bytes(job.target_pose)),
+            "qc": {"status": "pass"},
+        }
+        outputs.write_variant(out, job, Image.new("RGB", (48, 64), (200, 40, 40)), sidecar)
+
+    uri = outputs.write_contact_sheet(out, planned.job.garment_id)
+    sheet = Image.open(uri)
+    tile_width = round(48 * outputs.TILE_HEIGHT / 64)
+    cell_height = 2 * outputs.TILE_HEIGHT + 3 * 8 + 34
+    cells = 1 + outputs.CONTACT_SHEET_MAX_VARIANTS  # the source, then the variants shown
+    assert sheet.width == outputs.CONTACT_SHEET_COLUMNS * (tile_width + 8) + 8 < 65_500
+    assert sheet.height == -(-cells // outputs.CONTACT_SHEET_COLUMNS) * cell_height < 65_500

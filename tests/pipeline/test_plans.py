@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pipeline.execution as execution
+from model_core.errors import InputError
 from model_core.pipeline_fpdm import FPDMPipeline
 from pipeline import outputs, storage
 from pipeline.execution import ChunkIncomplete, claim_chunk, execute_chunk, load_chunk_outcomes, run_batch
@@ -360,3 +361,42 @@ def test_a_batch_size_other_than_a_positive_whole_number_or_auto_is_refused(valu
 
 def test_a_batch_size_given_as_text_is_a_number():
     assert RunSettings(batch_size="12").batch_size == 12 and RunSettings(batch_size="auto").batch_size == "auto"
+
+
+def test_the_report_of_a_run_that_died_is_rebuilt_from_its_plan_chunks_and_sidecars(manifest, tmp_path, capsys):
+    """Chunk 0 finished; chunk 1's worker was killed after writing three of its four variants
+    (no stored outcomes); chunk 2 was never taken. `fpdm report` accounts for every job."""
+    from fpdm_cli.main import main
+    from pipeline.leases import Lease
+    from pipeline.run import rebuild_report
+
+    out = str(tmp_path / "out")
+    plan = planned(manifest, out, chunk_images=4)
+    assert [c.images for c in plan.chunks] == [4, 4, 1]
+    pipe, detector = FPDMPipeline.from_pretrained("tiny", device="cpu"), qc_detector(SETTINGS)
+    for index in (0, 1):
+        execute_chunk(pipe, out, "run-1", index, detector, plan.model_checksum)
+    storage.delete(execution.outcomes_uri(out, "run-1", 1))
+    lost = plan.chunks[1].jobs[-1].job
+    storage.delete(outputs.sidecar_uri(out, lost))  # killed between its image and its sidecar
+
+    lease = Lease(out, "run-1")
+    lease.acquire()
+    assert main(["report", out, "run-1"]) == 2
+    assert "run run-1 is still working on" in capsys.readouterr().err
+    lease.release()
+
+    assert main(["report", out, "run-1"]) == 0
+    report = capsys.readouterr().out.strip()
+    assert report == outputs.report_uri(out, "run-1")
+    outcomes = {o.job_id: o for o in outputs.read_report(report)}
+    assert len(outcomes) == 9 + len(plan.outcomes)
+    never_generated = {lost.job_id, plan.chunks[2].jobs[0].job.job_id}
+    assert {job for job, o in outcomes.items() if o.status == "failed"} == never_generated
+    assert all(o.error.startswith("not generated: the run ended before") for job, o in outcomes.items() if job in never_generated)
+    assert Selection.failed_in(report).job_ids == never_generated  # what `fpdm retry` of it redoes
+
+    with pytest.raises(InputError, match="has its report already"):
+        rebuild_report(out, "run-1")
+    with pytest.raises(InputError, match="is not a run's id"):
+        rebuild_report(out, "../../etc")
