@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model_core.images import load_image
 from model_core.keypoints import read_keypoints
 from model_core.pipeline_fpdm import FPDMPipeline, resolve_device
+from model_core.presets import preset_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "example" / "s3g0000-dots"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,7 +96,8 @@ def synchronize(device: torch.device) -> None:
 
 def measure(args, device: torch.device, dtype_name: str, option: str) -> list[dict]:
     dtype = DTYPES[dtype_name]
-    pipe = FPDMPipeline.from_pretrained(args.preset, device=device, dtype=dtype)
+    # The preset's architecture with random weights: speed and memory do not depend on the values.
+    pipe = FPDMPipeline.from_config(preset_config(args.preset)).to(device, dtype)
     source, pose = inputs(pipe)
     flops = flops_per_image(pipe, source, pose, args.steps)
     context = with_option(pipe, option)

@@ -1,5 +1,6 @@
-"""benchmarks/bench_gpu.py runs on the CPU with the tiny preset and prints its table, and its
-FLOP count per image agrees with counting a whole call."""
+"""The production model's benchmarks run on the CPU with the tiny preset: bench_gpu.py prints its
+table and its FLOP count per image agrees with counting a whole call; bench_load.py prints load
+time, memory and the model's size per dtype."""
 
 import importlib.util
 import subprocess
@@ -12,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model_core.pipeline_fpdm import FPDMPipeline
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+BENCH_LOAD = BENCH.with_name("bench_load.py")
 
 
 def load_bench():
@@ -49,3 +51,20 @@ def test_flops_per_image_match_counting_every_step():
     with FlopCounterMode(display=False) as counter:
         bench.sample(pipe, source, pose, 1, 4)
     assert bench.flops_per_image(pipe, source, pose, 4) == counter.get_total_flops() > 0
+
+
+@pytest.mark.slow  # three subprocesses, each importing torch
+def test_the_load_benchmark_prints_a_row_per_dtype_with_the_models_size():
+    command = [sys.executable, str(BENCH_LOAD), "--preset", "tiny", "--dtypes", "fp32", "bf16"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines() if line.startswith("| fp")}
+    rows.update(
+        {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines() if line.startswith("| bf")}
+    )
+    assert set(rows) == {"fp32", "bf16"}
+    pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
+    parameters = sum(p.numel() for module in pipe.modules().values() for p in module.parameters())
+    for dtype, (seconds, peak, count, size) in rows.items():
+        assert float(seconds) > 0 and float(peak) >= 0
+        assert count.strip() == f"{parameters / 1e6:,.0f} M"
+        assert float(size) == pytest.approx(parameters * (4 if dtype == "fp32" else 2) / 2**30, abs=0.006)
