@@ -65,6 +65,8 @@ def read_image_size(data: bytes, name: str, formats: tuple[str, ...] = PHOTO_FOR
             width, height = image.size
     except InputError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met in the header already
+        raise InputError(f"{name}: image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     _check_size(width, height, name)

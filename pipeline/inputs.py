@@ -29,6 +29,9 @@ class InputLimits:
 
 def location_problem(uri: str, manifest_uri: str, allowed: tuple[str, ...] = ()) -> str | None:
     """Why a manifest at `manifest_uri` may not name `uri` (a resolved source or pose), or None."""
+    if storage.is_s3(uri) and has_dot_segments(uri):
+        # S3 keys are literal, but a gateway that normalises paths would serve another bucket.
+        return f"{uri}: an S3 URI with '.' or '..' in its path; name the object by its own key"
     if not storage.is_s3(manifest_uri) or any(is_under(uri, prefix) for prefix in allowed):
         return None
     if not storage.is_s3(uri):
@@ -37,6 +40,10 @@ def location_problem(uri: str, manifest_uri: str, allowed: tuple[str, ...] = ())
     if storage.parse_s3(uri).bucket != bucket:
         return f"{uri}: outside the manifest's bucket {bucket} (--allow-input PREFIX admits another)"
     return None
+
+
+def has_dot_segments(uri: str) -> bool:
+    return any(segment in (".", "..") for segment in uri.removeprefix(storage.S3_SCHEME).split("/"))
 
 
 def is_under(uri: str, prefix: str) -> bool:

@@ -61,7 +61,8 @@ class LeaseRecord:
         """The record, or None for one that is not a lease (damaged by hand: taken over)."""
         try:
             record = cls(**json.loads(data))
-            datetime.fromisoformat(record.expires)
+            if datetime.fromisoformat(record.expires).tzinfo is None:
+                return None  # a time without its zone cannot be compared with now
             return record
         except (ValueError, TypeError, RecursionError):
             return None

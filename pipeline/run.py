@@ -28,7 +28,7 @@ from model_core.pipeline_fpdm import FPDMPipeline, model_checksum, resolve_devic
 
 from . import outputs, progress, storage
 from .execution import load_chunk_outcomes, succeeded_earlier
-from .inputs import InputLimits
+from .inputs import InputLimits, has_dot_segments
 from .manifest import SAFE_ID, Manifest
 from .planning import FAILED, SUCCEEDED, JobOutcome, PoseResolver, RunDefaults, expand_jobs, failed, is_photo
 from .plans import CHUNK_IMAGES, StoredPlan, load_chunk, load_plan, plan_run, store_plan
@@ -91,7 +91,7 @@ def parse_batch_size(value) -> int | str:
     parameters, or "auto"), checked: a whole number of at least 1, or "auto"."""
     if value == AUTO_BATCH_SIZE:
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
@@ -303,6 +303,8 @@ def check_settings(settings: RunSettings) -> None:
     for prefix in settings.allow_inputs:
         if storage.is_s3(prefix):
             storage.parse_s3(prefix)  # a bucket at least
+            if has_dot_segments(prefix):
+                raise InputError(f"--allow-input {prefix}: '.' or '..' in an S3 prefix")
         elif not prefix.startswith("/"):
             raise InputError(f"--allow-input {prefix}: give an s3:// prefix or an absolute folder")
     if settings.pose_backend != "keypoints":

@@ -49,6 +49,7 @@ class TransientStorageError(RuntimeError):
 TRANSIENT_S3_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestTimeout",
     "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
+    "ExpiredToken", "TokenRefreshRequired", "RequestExpired",
 }  # fmt: skip
 
 
@@ -125,7 +126,14 @@ def _client():
 
 
 def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        CredentialRetrievalError,
+        HTTPClientError,
+        IncompleteReadError,
+        NoCredentialsError,
+    )
 
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -141,7 +149,11 @@ def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:
     # Connection and credential problems: the class name says what; the message may not be safe.
     # HTTPClientError covers a connection closed or reset before the response (a load balancer
     # dropping it), a read timeout and a response body cut short: all worth another try.
-    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)) and not isinstance(exc, NoCredentialsError):
+    # Temporary credentials being refreshed (an instance role's, a throttled metadata service)
+    # pass too; no credentials at all do not.
+    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError, CredentialRetrievalError)) and not isinstance(
+        exc, NoCredentialsError
+    ):
         return TransientStorageError(f"{uri}: S3 unreachable ({exc.__class__.__name__}; transient)")
     return StorageError(f"{uri}: S3 unreachable or unconfigured ({exc.__class__.__name__})")
 

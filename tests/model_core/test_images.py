@@ -75,3 +75,19 @@ def test_extreme_aspect_ratios_are_refused(reader, size, message):
     with pytest.raises(InputError, match=f"^strip.png: {message}$"):
         reader(_encoded(Image.new("L", size), "PNG"), "strip.png")
     reader(_encoded(Image.new("L", (40, 160)), "PNG"), "full-body.png")  # 1:4 is still a photo
+
+
+def test_a_header_claiming_hundreds_of_megapixels_is_one_images_error_not_a_crash():
+    """Pillow refuses such a header with DecompressionBombError, not an OSError: reading the size
+    at planning let it through, and it ended the whole run without a plan."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", 20_000, 20_000) + bytes(png[24:29])  # width, height, then depth .. interlace
+    png[16:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    with pytest.raises(InputError, match="bomb.png: image too large to decode safely"):
+        read_image_size(bytes(png), "bomb.png")

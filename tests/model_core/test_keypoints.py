@@ -474,3 +474,12 @@ def test_errors_about_a_pose_file_never_quote_its_contents():
         with pytest.raises(InputError) as raised:
             parse_keypoints(content, "pose.json")
         assert "root:" not in str(raised.value)
+
+
+def test_measuring_nesting_reads_an_unterminated_run_of_escapes_in_one_pass():
+    """A string pattern with its escapes backtracked quadratically on `"\\` repeated with no
+    closing quote: a megabyte of it held planning (and the lease's heartbeat) for 40 minutes."""
+    from model_core.keypoints import json_nesting
+
+    assert json_nesting("[[" + '"\\' * 500_000) == 2
+    assert json_nesting('["\\"[", [[2]], "\\\\"]') == 3  # an escaped quote and an escaped backslash

@@ -95,3 +95,19 @@ def test_two_runs_racing_for_a_free_output_get_it_once(out):
         thread.join()
     assert sorted(results.values()) == ["busy", "busy", "busy", "holder"]
     assert results[current_holder(out).run_id] == "holder"
+
+
+def test_a_lease_whose_expiry_has_no_time_zone_is_damaged_and_taken_over(tmp_path):
+    out = str(tmp_path / "out")
+    record = {
+        "run_id": "old",
+        "attempt": 1,
+        "host": "h",
+        "pid": 1,
+        "since": "2026-12-01T00:00:00",
+        "expires": "2099-01-01T00:00:00",
+    }
+    storage.write_bytes(leases.lease_uri(out), json.dumps(record).encode())
+    assert current_holder(out) is None  # it used to raise TypeError comparing it with an aware now
+    with Lease(out, "new") as lease:
+        assert current_holder(out).run_id == "new" and not lease.lost

@@ -176,3 +176,15 @@ def test_a_manifest_on_s3_takes_inputs_from_its_own_bucket_only_unless_a_prefix_
 def test_a_local_manifest_may_name_any_local_file_or_s3_uri(tmp_path):
     manifest = parse_manifest(ELSEWHERE.encode(), str(tmp_path / "m.csv"))
     assert manifest.problems == [] and len(manifest.rows) == 6
+
+
+def test_an_s3_input_with_dot_segments_is_refused_even_inside_an_allowed_prefix():
+    """S3 takes `..` literally, but a path-normalising gateway behind AWS_ENDPOINT_URL would
+    serve another bucket: s3://catalog/in/../../other/x.jpg passed as the manifest's bucket."""
+    text = "garment_id,source_image,target_pose\ntee,../../other-team/x.jpg,poses/front.json\n"
+    text += "blouse,s3://poses/library/../secret/x.jpg,poses/front.json\n"
+    manifest = parse_manifest(text.encode(), "s3://catalog/in/manifest.csv", ("s3://poses/library",))
+    assert [str(p) for p in manifest.problems] == [
+        "row 2, source_image: s3://catalog/in/../../other-team/x.jpg: an S3 URI with '.' or '..' in its path; name the object by its own key",
+        "row 3, source_image: s3://poses/library/../secret/x.jpg: an S3 URI with '.' or '..' in its path; name the object by its own key",
+    ]

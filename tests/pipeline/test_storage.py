@@ -145,3 +145,16 @@ def test_a_transient_error_that_gets_past_boto3s_own_retries_is_tried_again(s3, 
         finally:
             events.unregister("before-call.s3.GetObject", hook)
         assert len(calls) == tries
+
+
+def test_expired_temporary_credentials_are_transient_and_missing_ones_are_not():
+    from botocore.exceptions import ClientError, CredentialRetrievalError, NoCredentialsError
+
+    from pipeline.storage import _s3_error
+
+    for exc in (
+        ClientError({"Error": {"Code": "ExpiredToken", "Message": "The provided token has expired."}}, "GetObject"),
+        CredentialRetrievalError(provider="instance-metadata", error_msg="throttled"),
+    ):
+        assert isinstance(_s3_error("s3://catalog/x.jpg", exc), TransientStorageError), exc
+    assert not isinstance(_s3_error("s3://catalog/x.jpg", NoCredentialsError()), TransientStorageError)
