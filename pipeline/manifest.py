@@ -19,6 +19,8 @@ from model_core.errors import InputError
 from . import storage
 from .inputs import location_problem
 
+# The longest cell a row may have (a free-text note is far shorter).
+MAX_CELL_CHARS = 131_072
 REQUIRED_COLUMNS = ("garment_id", "source_image", "target_pose")
 OPTIONAL_COLUMNS = ("variant_id", "seed", "num_candidates", "steps", "guidance_scale", "enabled", "notes")
 # Ids become parts of S3 keys and file names: letters, digits, '.', '_' and '-' only, and
@@ -93,8 +95,8 @@ def parse_manifest(data: bytes, uri: str, allow_inputs: tuple[str, ...] = ()) ->
             problems.append(fields)
             continue
         values = {column: value.strip() for column, value in zip(columns, fields, strict=False)}
-        if not any(values.values()):
-            continue  # a blank row in the middle of the sheet
+        if not any(field.strip() for field in fields):
+            continue  # a blank row in the middle of the sheet (values past the header's columns count)
         if len(fields) != len(columns):
             # A ',' in a free-text value that was not quoted shifts every later column: no value
             # of the row can be trusted.
@@ -183,7 +185,17 @@ def _read_records(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, lis
         raise ManifestError(f"{uri}: not UTF-8 text (byte {exc.start}); save the sheet as CSV UTF-8") from None
     header_line = text.splitlines()[0] if text.strip() else ""
     separator = ";" if header_line.count(";") > header_line.count(",") else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    # The reader's own cell limit is off (the whole text is in memory already): its error would
+    # leave it inside a quoted cell, reading that cell's lines as rows. MAX_CELL_CHARS is checked
+    # per row instead.
+    previous_limit = csv.field_size_limit(len(text) + 1)
+    try:
+        return _records(csv.reader(io.StringIO(text, newline=""), delimiter=separator), uri)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _records(reader, uri: str) -> tuple[list[str], list[tuple[int, list[str] | RowProblem]]]:
     try:
         header = next(reader, [])
     except csv.Error as exc:
@@ -203,8 +215,13 @@ def _read_records(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, lis
             fields = next(reader)
         except StopIteration:
             break
-        except csv.Error as exc:  # e.g. a value past the reader's field size limit
+        except csv.Error as exc:
             records.append((row_number, RowProblem(row_number, "", f"not readable CSV ({exc})")))
+            continue
+        longest = max((len(field) for field in fields), default=0)
+        if longest > MAX_CELL_CHARS:
+            problem = RowProblem(row_number, "", f"a cell of {longest} characters, over the {MAX_CELL_CHARS}-character limit")
+            records.append((row_number, problem))
             continue
         records.append((row_number, fields))
     return columns, records

@@ -123,9 +123,10 @@ def expand_jobs(manifest: Manifest, defaults: RunDefaults = RunDefaults()) -> tu
         try:
             pose_files = _pose_files(row)
         except InputError as error:
-            outcomes.append(
-                JobOutcome(row.garment_id, row.variant_id or "", row.row, FAILED, error=f"row {row.row}, target_pose: {error}")
-            )
+            # A pose set's jobs are named after its files, unknown until it can be listed: the
+            # outcome names no variant, so a retry finds the row by its number.
+            variant_id = "" if row.is_pose_set else row.variant_id or ""
+            outcomes.append(JobOutcome(row.garment_id, variant_id, row.row, FAILED, error=f"row {row.row}, target_pose: {error}"))
             continue
         for pose_file in pose_files:
             variant_id = _variant_id(row, pose_file)

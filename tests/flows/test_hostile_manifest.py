@@ -92,7 +92,7 @@ def build_catalog() -> tuple[Catalog, list[Bad]]:
         # The row as the CSV reader sees it.
         Bad("unquoted separator in a value", "bad-01,sources/tee.png,poses/side.json,,,,1,,,long sleeves, cotton", "", "11 values where the header has 10 columns"),
         Bad("values missing", "bad-02,sources/tee.png", "", "2 values where the header has 10 columns"),
-        Bad("a cell past the CSV reader's limit", {"notes": "x" * 200_000}, "", "not readable CSV (field larger than field limit"),
+        Bad("a cell past the length limit", {"notes": "x" * 200_000}, "", "a cell of 200000 characters, over the 131072-character limit"),
         # Ids.
         Bad("empty garment_id", {"garment_id": ""}, "garment_id", "empty"),
         Bad("path in garment_id", {"garment_id": "../etc"}, "garment_id", "'../etc' is not a safe id"),

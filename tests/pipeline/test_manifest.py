@@ -115,7 +115,26 @@ def test_a_malformed_line_fails_its_own_row_and_blank_lines_keep_the_sheets_numb
 def test_a_value_past_the_csv_readers_limit_fails_its_own_row():
     sheet = f"garment_id,source_image,target_pose,notes\ntee-1,a.jpg,b.json,{'x' * 200_000}\ntee-2,a.jpg,b.json,\n"
     manifest = parse_manifest(sheet.encode(), "m.csv")
-    assert [(p.row, p.reason.startswith("not readable CSV")) for p in manifest.problems] == [(2, True)]
+    assert [str(p) for p in manifest.problems] == ["row 2: a cell of 200000 characters, over the 131072-character limit"]
+    assert [r.row for r in manifest.rows] == [3]
+
+
+def test_an_oversized_cell_over_several_lines_fails_its_row_and_the_rows_after_it_stay_rows():
+    """The reader's own limit stopped inside the quoted cell, and the cell's later lines were read
+    as rows: text of the note became a job."""
+    note = "x" * 140_000 + "\nb,inside.jpg,inside.json,\n" + "y" * 10
+    sheet = f'garment_id,source_image,target_pose,notes\ntee-1,a.jpg,b.json,"{note}"\ntee-2,a.jpg,b.json,\n'
+    manifest = parse_manifest(sheet.encode(), "m.csv")
+    assert [p.row for p in manifest.problems] == [2]
+    assert [(r.row, r.garment_id) for r in manifest.rows] == [(3, "tee-2")]
+
+
+def test_a_row_with_values_only_past_the_headers_columns_is_not_blank():
+    sheet = "garment_id,source_image,target_pose\n,,,extra\ntee,a.jpg,b.json\n"
+    manifest = parse_manifest(sheet.encode(), "m.csv")
+    assert [str(p) for p in manifest.problems] == [
+        "row 2: 4 values where the header has 3 columns (a value with a separator in it must be in double quotes)"
+    ]
     assert [r.row for r in manifest.rows] == [3]
 
 

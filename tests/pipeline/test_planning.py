@@ -201,3 +201,19 @@ def test_a_pose_file_name_with_a_trailing_newline_does_not_make_an_id(tmp_path):
         outcome.error
         == "row 2, variant_id: the pose file name 'walk\\n.json' does not make a safe id; set variant_id in the manifest"
     )
+
+
+def test_a_retry_keeps_a_pose_set_row_with_a_variant_id_that_could_not_be_listed_then(tmp_path):
+    """Its failure named the job `coat/look3`, but once its set has files its jobs are
+    `coat/look3-front`...: a retry matched neither the job id nor the row and dropped it."""
+    from pipeline.run import Selection
+
+    manifest = _manifest(tmp_path, "garment_id,source_image,target_pose,variant_id\ncoat,coat.jpg,later/,look3\n")
+    _, outcomes = expand_jobs(manifest)
+    [failure] = outcomes
+    assert failure.status == "failed" and failure.variant_id == "" and failure.row == 2
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "front.json").write_text("x")
+    jobs, _ = expand_jobs(manifest)
+    retry = Selection(frozenset(o.job_id for o in outcomes if o.variant_id), frozenset({failure.row}))
+    assert [j.job_id for j in jobs if retry.keeps(j)] == ["coat/look3-front"]
