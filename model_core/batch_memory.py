@@ -115,6 +115,21 @@ def measure_footprint(pipe, peak_bytes: PeakBytes) -> Footprint:
     return footprint_from_peaks({batch: peak_bytes(lambda batch=batch: sample(batch)) for batch in MEASURED_BATCHES})
 
 
+# How CUDA libraries other than PyTorch's allocator say they ran out of memory: these come as a
+# plain RuntimeError, and a smaller batch cures them as it cures torch.OutOfMemoryError.
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(message in str(error) for message in OUT_OF_MEMORY_MESSAGES)
+    )
+
+
 def cuda_peak_bytes(device: torch.device) -> PeakBytes:
     def peak(work: Callable[[], torch.Tensor]) -> int:
         torch.cuda.synchronize(device)
@@ -197,9 +212,13 @@ def fitting_batch_size(
         return BatchSizeChoice(
             default, f"auto on {device_name}: the measurement failed ({error}), so the default batch size {default}"
         )
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
         # Batch 2 (or the warm-up at 1) did not fit: there is nothing larger to find. Not cached:
         # the next run may find the device emptier.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return BatchSizeChoice(
             1, f"auto on {device_name}: sampling {MEASURED_BATCHES[-1]} images ran out of memory, so batches of 1"
         )

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from PIL import Image
 
+from model_core.batch_memory import is_out_of_memory
 from model_core.errors import InputError
 from model_core.images import decode_image
 from model_core.pipeline_fpdm import FPDMPipeline
@@ -215,7 +216,15 @@ def claim_chunk(output: str, run_id: str, attempt: int, index: int, taker: str) 
     new attempt, whose chunks can be taken again); False if another took it first."""
     record = {"taker": taker, "host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
     uri = storage.join(outputs.run_folder(output, run_id), CLAIMS, f"attempt-{attempt}", f"chunk-{index:06d}.json")
-    return storage.create_exclusive(uri, json.dumps(record).encode())
+    if storage.create_exclusive(uri, json.dumps(record).encode()):
+        return True
+    # A claim that is there already may be this very one: a retry after the response to a
+    # create that succeeded was lost.
+    try:
+        existing = json.loads(storage.read_bytes(uri))
+    except (InputError, ValueError):
+        return False
+    return isinstance(existing, dict) and all(existing.get(k) == record[k] for k in ("taker", "host", "pid"))
 
 
 def _now() -> str:
@@ -284,21 +293,6 @@ def generate_prepared(pipe: FPDMPipeline, prepared: PreparedBatch) -> list[Gener
     half = len(prepared.ready) // 2
     parts = (prepared.part(prepared.ready[:half]), prepared.part(prepared.ready[half:]))
     return [generated for part in parts for generated in generate_prepared(pipe, part)]
-
-
-# How CUDA libraries other than PyTorch's allocator say they ran out of memory: these come as a
-# plain RuntimeError, and a smaller batch cures them as it cures torch.OutOfMemoryError.
-OUT_OF_MEMORY_MESSAGES = (
-    "out of memory",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_ALLOC_FAILED",
-)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or any(message in str(error) for message in OUT_OF_MEMORY_MESSAGES)
 
 
 def _generate(pipe: FPDMPipeline, prepared: PreparedBatch) -> GeneratedBatch:

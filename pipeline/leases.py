@@ -19,6 +19,7 @@ of machines kept on NTP.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -28,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from . import storage
 
 LEASE = "_lease.json"
+logger = logging.getLogger(__name__)
 # A crashed run blocks its output for at most this long; a live one renews every HEARTBEAT_S.
 LEASE_TTL_S = 10 * 60
 HEARTBEAT_S = 60
@@ -141,8 +143,9 @@ class Lease:
             renewed = replace(self.record, expires=_iso(_now() + timedelta(seconds=self.ttl_s)))
             try:
                 version = storage.write_if(self.uri, renewed.to_bytes(), self._version)
-            except storage.TransientStorageError:
-                # Try again at the next beat; the lease is ours until it expires.
+                if version is None and (own := self._own_version()) is not None:
+                    version = storage.write_if(self.uri, renewed.to_bytes(), own)
+            except Exception:  # noqa: BLE001 - storage failing: try again at the next beat; ours until it expires
                 self.lost = datetime.fromisoformat(self.record.expires) <= _now()
                 return not self.lost
             if version is None:
@@ -150,6 +153,24 @@ class Lease:
                 return False
             self.record, self._version = renewed, version
             return True
+
+    def _own_version(self) -> str | None:
+        """The version of the lease on storage if it is still this holder's (same run, attempt,
+        host, process and since), whatever its expiry: an earlier write whose response was lost
+        did land, so the version this holder knows is stale. None if another run's is there."""
+        found = storage.read_versioned(self.uri)
+        stored = LeaseRecord.from_bytes(found[0]) if found else None
+        mine = self.record
+        if stored is None or stored.released or mine is None:
+            return None
+        same = (stored.run_id, stored.attempt, stored.host, stored.pid, stored.since) == (
+            mine.run_id,
+            mine.attempt,
+            mine.host,
+            mine.pid,
+            mine.since,
+        )
+        return found[1] if same else None
 
     def release(self) -> None:
         """Stop the heartbeat and mark the lease released (expired now), if it is still ours."""
@@ -160,7 +181,10 @@ class Lease:
             if self.record is None or self.lost:
                 return
             released = replace(self.record, expires=_iso(_now()), released=True)
-            storage.write_if(self.uri, released.to_bytes(), self._version)
+            try:
+                storage.write_if(self.uri, released.to_bytes(), self._version)
+            except Exception:  # noqa: BLE001 - the run's work is done; its lease expires on its own
+                logger.warning("could not release the lease on %s; it expires at %s", self.output, self.record.expires)
             self.record = None
 
     def start_heartbeat(self) -> None:

@@ -2,6 +2,7 @@
 expired lease is taken over; a Retry of the same run takes over its own lease; a released
 lease frees the output; a holder whose lease was taken over learns it at its next renewal."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -111,3 +112,47 @@ def test_a_lease_whose_expiry_has_no_time_zone_is_damaged_and_taken_over(tmp_pat
     assert current_holder(out) is None  # it used to raise TypeError comparing it with an aware now
     with Lease(out, "new") as lease:
         assert current_holder(out).run_id == "new" and not lease.lost
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_renewal_whose_response_was_lost_keeps_the_lease(where, s3, tmp_path, monkeypatch):
+    """The write landed but its answer did not: the holder's version is stale, and the next
+    renewal's conditional write is refused. It must find its own record there, not give up the
+    run (which then stopped taking chunks and left the output blocked for ten minutes)."""
+    out = "s3://catalog/out" if where == "s3" else str(tmp_path / "out")
+    lease = Lease(out, "run-1")
+    lease.acquire()
+    write_if = storage.write_if
+
+    def lost_response(uri, data, version):
+        write_if(uri, data, version)
+        raise storage.TransientStorageError(f"{uri}: S3 unreachable (ConnectionClosedError; transient)")
+
+    monkeypatch.setattr(storage, "write_if", lost_response)
+    assert lease.renew() and not lease.lost  # still ours until it expires
+    monkeypatch.setattr(storage, "write_if", write_if)
+    assert lease.renew() and not lease.lost  # the stale version is refused; its own record is found
+    assert current_holder(out).run_id == "run-1"
+    lease.release()
+    assert current_holder(out) is None
+
+    other = Lease(out, "run-2")
+    other.acquire()
+    late = Lease(out, "run-1")
+    # What a holder of run-1 knew, while storage holds run-2's lease: never taken for its own.
+    late.record, late._version = dataclasses.replace(other.record, run_id="run-1"), "stale"
+    assert not late.renew() and late.lost
+    other.release()
+
+
+def test_a_release_that_fails_does_not_fail_the_run(tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    lease = Lease(out, "run-1")
+    lease.acquire()
+
+    def failing(uri, data, version):
+        raise storage.TransientStorageError(f"{uri}: S3 error SlowDown (transient)")
+
+    monkeypatch.setattr(storage, "write_if", failing)
+    lease.release()  # logged; the lease expires on its own
+    assert lease.record is None

@@ -400,3 +400,10 @@ def test_the_report_of_a_run_that_died_is_rebuilt_from_its_plan_chunks_and_sidec
         rebuild_report(out, "run-1")
     with pytest.raises(InputError, match="is not a run's id"):
         rebuild_report(out, "../../etc")
+
+
+def test_a_claim_retried_after_its_response_was_lost_is_still_its_takers(tmp_path):
+    out = str(tmp_path / "out")
+    assert claim_chunk(out, "run-1", 1, 0, taker="shard-a")
+    assert claim_chunk(out, "run-1", 1, 0, taker="shard-a")  # the same process asking again: its own claim
+    assert not claim_chunk(out, "run-1", 1, 0, taker="shard-b")
