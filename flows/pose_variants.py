@@ -40,9 +40,9 @@ from model_core.errors import InputError
 from pipeline import outputs, progress, storage
 from pipeline.execution import ChunkIncomplete, claim_chunk, execute_chunk, load_chunk_outcomes, store_chunk_outcomes
 from pipeline.leases import Lease, held_by
-from pipeline.manifest import Manifest, read_manifest
-from pipeline.planning import FAILED, JobOutcome, failed
-from pipeline.plans import CHUNK_IMAGES, StoredPlan, load_chunk, load_plan, plan_folder
+from pipeline.manifest import SAFE_ID, Manifest, read_manifest
+from pipeline.planning import FAILED, JobOutcome
+from pipeline.plans import CHUNK_IMAGES, StoredPlan, load_plan, plan_folder
 from pipeline.run import (
     RunSettings,
     Selection,
@@ -54,6 +54,7 @@ from pipeline.run import (
     reference_photos,
     run_summary,
     shared_model,
+    unfinished_chunk_outcomes,
 )
 
 # A chunk is a few minutes of GPU work; a hung one (a wedged driver) should not hold the worker
@@ -205,6 +206,8 @@ def pose_variants(
         image_formats=tuple(image_formats),
     )
     if shard_of is not None:
+        if not SAFE_ID.fullmatch(shard_of):
+            raise InputError(f"shard_of {shard_of[:80]!r} is not a run's id")
         # A shard: the parent planned; take chunks of its stored plan until none is left.
         stored = patiently(load_plan, output, shard_of)
         if stored is None:
@@ -268,7 +271,7 @@ def run_plan(
     summary.update(plan_summary(stored))
 
     children = start_shards(output, run_id, attempt, shards, shard_deployment)
-    take_chunks(output, stored, attempt, settings, taker=run_id, keep_going=lambda: not lease.lost)
+    take_chunks(output, stored, attempt, settings, taker=run_id, keep_going=lease.holds)
     ended = wait_for_shards(children, SHARD_DEADLINE_S)
     if children:
         summary["shard_runs"] = {run: ended[run] for run in children}
@@ -329,10 +332,11 @@ def take_chunks(output: str, stored: StoredPlan, attempt: int, settings: RunSett
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
             if not isinstance(error, ChunkIncomplete) or patiently(load_chunk_outcomes, output, stored.run_id, index) is None:
-                # It failed before storing its outcomes (its plan file, the model): fail its jobs.
+                # Its last try failed before storing its outcomes (its plan file, the model, a
+                # timeout): what it wrote succeeded, the rest fails with the error.
                 reason = f"chunk {index} failed: {type(error).__name__}: {error}"
-                jobs = patiently(load_chunk, output, stored.run_id, index).jobs
-                patiently(store_chunk_outcomes, output, stored.run_id, index, [failed(p.job, reason) for p in jobs])
+                outcomes = patiently(unfinished_chunk_outcomes, output, stored.run_id, index, reason)
+                patiently(store_chunk_outcomes, output, stored.run_id, index, outcomes)
     return taken
 
 

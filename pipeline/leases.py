@@ -172,6 +172,12 @@ class Lease:
         )
         return found[1] if same else None
 
+    def holds(self) -> bool:
+        """Whether this run may go on working: its lease is not lost and, as far as it knows, not
+        expired (a heartbeat held up, by a busy process say, does not stretch it)."""
+        record = self.record
+        return not self.lost and record is not None and datetime.fromisoformat(record.expires) > _now()
+
     def release(self) -> None:
         """Stop the heartbeat and mark the lease released (expired now), if it is still ours."""
         self._stop.set()

@@ -170,14 +170,28 @@ def plan_and_store(
 
 def collect_outcomes(output: str, plan: StoredPlan, missing: str = "its chunk never finished") -> list[JobOutcome]:
     """Every job of the plan, accounted for: planning's outcomes and each chunk's stored ones; a
-    chunk that no worker finished fails its jobs with `missing`, so a retry takes them up."""
+    chunk that no worker finished is read from its sidecars (unfinished_chunk_outcomes)."""
     outcomes = list(plan.outcomes)
     for chunk in plan.chunks:
         stored = load_chunk_outcomes(output, plan.run_id, chunk["index"])
         if stored is None:
-            stored = [failed(p.job, f"not generated: {missing}") for p in load_chunk(output, plan.run_id, chunk["index"]).jobs]
+            stored = unfinished_chunk_outcomes(output, plan.run_id, chunk["index"], f"not generated: {missing}")
         outcomes += stored
     return outcomes
+
+
+def unfinished_chunk_outcomes(output: str, run_id: str, index: int, reason: str) -> list[JobOutcome]:
+    """The outcomes of a chunk that stored none of its own (its worker died, its task failed
+    before the end): a job whose variant is complete on storage succeeded, the others failed
+    with `reason`, for a retry. The one rule for the report, the flow and `fpdm report`."""
+    jobs = load_chunk(output, run_id, index).jobs
+    complete = outputs.complete_variants(output, jobs)
+    return [
+        succeeded_earlier(planned, complete[planned.job.job_id])
+        if planned.job.job_id in complete
+        else failed(planned.job, reason)
+        for planned in jobs
+    ]
 
 
 def rebuild_report(output: str, run_id: str) -> str:
@@ -198,19 +212,7 @@ def rebuild_report(output: str, run_id: str) -> str:
     holder = current_holder(output)
     if holder is not None and holder.run_id == run_id:
         raise InputError(f"run {run_id} is still working on {output} (since {holder.since}); its report comes at its end")
-    outcomes = list(plan.outcomes)
-    for chunk in plan.chunks:
-        stored = load_chunk_outcomes(output, run_id, chunk["index"])
-        if stored is None:
-            jobs = load_chunk(output, run_id, chunk["index"]).jobs
-            complete = outputs.complete_variants(output, jobs)
-            stored = [
-                succeeded_earlier(p, complete[p.job.job_id])
-                if p.job.job_id in complete
-                else failed(p.job, "not generated: the run ended before its chunk finished; a retry of the run redoes it")
-                for p in jobs
-            ]
-        outcomes += stored
+    outcomes = collect_outcomes(output, plan, missing="the run ended before its chunk finished; a retry of the run redoes it")
     summary = {"manifest": plan.manifest_uri, "output": output, "settings": plan.settings, "rebuilt": True}
     return outputs.write_report(output, run_id, outcomes, summary)
 

@@ -156,3 +156,12 @@ def test_a_release_that_fails_does_not_fail_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "write_if", failing)
     lease.release()  # logged; the lease expires on its own
     assert lease.record is None
+
+
+def test_a_run_stops_working_once_its_lease_has_expired_even_before_a_heartbeat_says_so(tmp_path):
+    out = str(tmp_path / "out")
+    lease = Lease(out, "run-1", ttl_s=0.2, heartbeat_s=60)  # no beat will come in time
+    lease.acquire()
+    assert lease.holds()
+    time.sleep(0.3)
+    assert not lease.lost and not lease.holds()  # the flow's keep_going asks holds()
