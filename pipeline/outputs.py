@@ -182,11 +182,13 @@ def write_report(output: str, run_id: str, outcomes: list[JobOutcome], extra_sum
         writer.writerow({column: getattr(outcome, column) for column in REPORT_COLUMNS})
     folder = run_folder(output, run_id)
     report = report_uri(output, run_id)
-    storage.write_bytes(report, buffer.getvalue().encode(), content_type="text/csv")
     summary = dict(summarize(outcomes), run_id=run_id, report=report, **(extra_summary or {}))
+    # The summary first: a report is what says the run is reported, and `fpdm retry` of it needs
+    # the summary beside it (a run cut short between the two has neither, and `fpdm report`).
     storage.write_bytes(
         storage.join(folder, "summary.json"), json.dumps(summary, indent=2).encode(), content_type="application/json"
     )
+    storage.write_bytes(report, buffer.getvalue().encode(), content_type="text/csv")
     return report
 
 

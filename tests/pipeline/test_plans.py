@@ -407,3 +407,17 @@ def test_a_claim_retried_after_its_response_was_lost_is_still_its_takers(tmp_pat
     assert claim_chunk(out, "run-1", 1, 0, taker="shard-a")
     assert claim_chunk(out, "run-1", 1, 0, taker="shard-a")  # the same process asking again: its own claim
     assert not claim_chunk(out, "run-1", 1, 0, taker="shard-b")
+
+
+def test_a_report_is_written_after_its_summary_so_a_report_can_always_be_retried(tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    written = []
+    write_bytes = storage.write_bytes
+
+    def recording(uri, data, content_type=None):
+        written.append(uri.rsplit("/", 1)[-1])
+        return write_bytes(uri, data, content_type)
+
+    monkeypatch.setattr(storage, "write_bytes", recording)
+    outputs.write_report(out, "run-1", [JobOutcome("tee", "side", 2, "succeeded")], {"manifest": "m.csv"})
+    assert written == ["summary.json", "report.csv"]
