@@ -13,14 +13,6 @@ from pipeline import leases, storage
 from pipeline.leases import Lease, OutputBusy, current_holder, held_by
 
 
-@pytest.fixture(params=["local", "s3"])
-def out(request, tmp_path):
-    if request.param == "s3":
-        request.getfixturevalue("s3")
-        return "s3://catalog/out"
-    return str(tmp_path / "out")
-
-
 def test_a_second_run_on_the_same_output_stops_naming_the_holder(out):
     first = Lease(out, "run-a")
     first.acquire()

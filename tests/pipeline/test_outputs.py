@@ -37,14 +37,6 @@ def write_complete(out, planned, colour=(200, 40, 40)):
     outputs.write_variant(out, planned.job, Image.new("RGB", (32, 48), colour), sidecar)
 
 
-@pytest.fixture(params=["local", "s3"])
-def out(request, tmp_path):
-    if request.param == "s3":
-        request.getfixturevalue("s3")
-        return "s3://catalog/out"
-    return str(tmp_path / "out")
-
-
 def decisive_inputs():
     job = dict(seed=1, steps=20, guidance_scale=2.0, num_candidates=1)
     return {"source": "a" * 64, "pose": "b" * 64, "model": "c" * 64, **job}

@@ -188,6 +188,20 @@ def load_first_job(manifest, out):
     return planned(manifest, out, run_id="look").chunks[0].jobs[0].job
 
 
+def raising_above_one_image(error: Exception, calls: list[int]):
+    """The model's call, raising `error` for any batch of more than one image (the size of each
+    call goes to `calls`): a device on which only one image fits."""
+    generate = FPDMPipeline.__call__
+
+    def one_image_at_most(self, sources, poses, seeds, **kwargs):
+        calls.append(len(sources))
+        if len(sources) > 1:
+            raise error
+        return generate(self, sources, poses, seeds, **kwargs)
+
+    return one_image_at_most
+
+
 def test_out_of_memory_splits_the_batch_until_it_fits(manifest, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     settings = RunSettings(**{**SETTINGS.__dict__, "batch_size": 3})
@@ -196,15 +210,8 @@ def test_out_of_memory_splits_the_batch_until_it_fits(manifest, tmp_path, monkey
     assert len(batch.jobs) == 3
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
     calls = []
-    generate = FPDMPipeline.__call__
-
-    def one_image_at_most(self, sources, poses, seeds, **kwargs):
-        calls.append(len(sources))
-        if len(sources) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return generate(self, sources, poses, seeds, **kwargs)
-
-    monkeypatch.setattr(FPDMPipeline, "__call__", one_image_at_most)
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(FPDMPipeline, "__call__", raising_above_one_image(error, calls))
     outcomes = run_batch(pipe, batch, out, qc_detector(settings), plan.model_checksum)
     assert calls == [3, 1, 2, 1, 1]
     assert [o.status for o in outcomes] == ["succeeded"] * 3
@@ -255,15 +262,7 @@ def test_out_of_memory_from_cuda_libraries_splits_the_batch_too(manifest, tmp_pa
     plan = planned(manifest, out, RunSettings(**{**SETTINGS.__dict__, "batch_size": 3}))
     pipe = FPDMPipeline.from_pretrained("tiny", device="cpu")
     calls = []
-    generate = FPDMPipeline.__call__
-
-    def one_image_at_most(self, sources, poses, seeds, **kwargs):
-        calls.append(len(sources))
-        if len(sources) > 1:
-            raise error
-        return generate(self, sources, poses, seeds, **kwargs)
-
-    monkeypatch.setattr(FPDMPipeline, "__call__", one_image_at_most)
+    monkeypatch.setattr(FPDMPipeline, "__call__", raising_above_one_image(error, calls))
     outcomes = run_batch(pipe, plan.chunks[0].batches[0], out, qc_detector(SETTINGS), plan.model_checksum)
     assert calls == [3, 1, 2, 1, 1] and [o.status for o in outcomes] == ["succeeded"] * 3
 
