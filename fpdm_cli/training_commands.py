@@ -137,6 +137,10 @@ def register_train(subparsers) -> None:
         help="the learning rate drops x0.1 from this share of the steps on (default 0.55: the reference's epoch 55 of 100)",
     )  # fmt: skip
     diffusion.add_argument(
+        "--train-source-encoder", dest="train_source_encoder", action="store_true",
+        help="train the source encoder too (for a random-initialised one; a pretrained DINOv2 stays frozen)",
+    )  # fmt: skip
+    diffusion.add_argument(
         "--no-augmentation", dest="no_augmentation", action="store_true",
         help="train on the pairs as they are, without the reference's augmentations",
     )  # fmt: skip

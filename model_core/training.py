@@ -225,6 +225,7 @@ def train_diffusion(
     condition_dropout: float = 0.2,
     condition_dropout_per_batch: bool = False,
     fusion_dropout: bool = True,
+    train_source_encoder: bool = False,
     augmentation: Augmentation = REFERENCE_AUGMENTATION,
     noise_offset: float = 0.1,
     checkpoint_every: int = 500,
@@ -246,6 +247,9 @@ def train_diffusion(
     - `fusion_dropout`: the stage-1 Combiner's dropout stays active, as in the reference (which
       freezes the fusion model by requires_grad alone): a noisy fusion condition in training,
       a clean one at sampling, where every part is in eval mode.
+    - `train_source_encoder`: train the source encoder with stage 2. The reference freezes it
+      because it is DINOv2, pretrained; a random-initialised encoder (the demo's) learns nothing
+      frozen, and the UNet then sees only what a random projection of the garment keeps.
     - `augmentation`: the reference's four (model_core.augmentation); `Augmentation.off()` for none.
     - `precision`: see PRECISIONS; the frozen parts run under the same autocast.
     """
@@ -260,6 +264,8 @@ def train_diffusion(
     batch_size = min(batch_size, len(data))
 
     trainable = [pipe.unet, pipe.pose_embedding, pipe.source_projector]
+    if train_source_encoder:
+        trainable.append(pipe.source_encoder)
     if pipe.fusion_projector is not None:
         trainable.append(pipe.fusion_projector)
     for module in trainable:
@@ -289,7 +295,7 @@ def train_diffusion(
             batch = data.batch(batch_indices(micro_step, len(data), batch_size, seed), torch_device, augment_rng)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
             with autocast(torch_device, precision):
-                loss = _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout, noise_offset)
+                loss = _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout, noise_offset, train_source_encoder)
             (loss / gradient_accumulation).backward()
             step_loss += loss.item() / gradient_accumulation
         if max_grad_norm is not None:
@@ -345,7 +351,9 @@ class ConditionDropout:
         return (draws >= self.rate).float()
 
 
-def _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout: ConditionDropout, noise_offset) -> torch.Tensor:
+def _diffusion_loss(
+    pipe, noise_scheduler, batch, generator, dropout: ConditionDropout, noise_offset, train_source_encoder: bool = False
+) -> torch.Tensor:
     device = batch["target"].device
     n = len(batch["target"])
 
@@ -358,10 +366,12 @@ def _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout: ConditionD
     with torch.no_grad():
         posterior = pipe.vae.encode(batch["target"]).latent_dist
         latents = (posterior.mean + posterior.std * cpu_randn(*posterior.mean.shape)) * pipe.vae.config.scaling_factor
-        tokens = pipe.source_encoder(batch["source_encoder_pixels"])
         fusion = None
         if pipe.uses_fusion:
             fusion = pipe.fusion.fuse(pipe.fusion.embed(batch["source_clip"]), pipe.fusion.embed(batch["pose_clip"]))
+
+    with torch.set_grad_enabled(train_source_encoder):
+        tokens = pipe.source_encoder(batch["source_encoder_pixels"])
 
     # Offset noise (a per-channel constant) lets the model change overall brightness.
     noise = cpu_randn(*latents.shape) + noise_offset * cpu_randn(n, latents.shape[1], 1, 1)

@@ -239,3 +239,24 @@ def test_vae_reconstruction_loss_weighs_the_figure_and_its_colour_over_the_backg
     recoloured[:, 1, 4:12, 3:9] += 0.4
     recoloured[:, 2, 4:12, 3:9] -= 0.4
     assert loss(recoloured, target) > 1.5 * loss(darker, target)
+
+
+@pytest.mark.parametrize("train_source_encoder", [False, True])
+def test_the_source_encoder_learns_only_when_asked(pairs_csv, tmp_path, train_source_encoder):
+    result = train_diffusion(
+        "tiny",
+        pairs_csv,
+        tmp_path / "s2",
+        max_steps=2,
+        batch_size=4,
+        gradient_accumulation=1,
+        warmup_fraction=0,
+        learning_rate=1e-2,
+        train_source_encoder=train_source_encoder,
+        device="cpu",
+    )
+    start = FPDMPipeline.from_pretrained("tiny", device="cpu").source_encoder.state_dict()
+    trained = FPDMPipeline.from_pretrained(result.out, device="cpu").source_encoder.state_dict()
+    changed = [name for name in start if not torch.equal(start[name], trained[name])]
+    # Some of its weights are never used by a step (the mask token), so not every weight changes.
+    assert (len(changed) > len(start) // 2) if train_source_encoder else changed == []
