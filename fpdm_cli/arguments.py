@@ -13,7 +13,14 @@ DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects not
 # the train function's own default applies (model_core.training: the one place they are written).
 TRAIN_OPTIONS = ("max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed")
 TRAIN_FUSION_OPTIONS = (*TRAIN_OPTIONS, "precision")
-TRAIN_DIFFUSION_OPTIONS = (*TRAIN_FUSION_OPTIONS, "stage2_only", "gradient_accumulation", "warmup_fraction", "lr_decay_at", "train_source_encoder")
+TRAIN_DIFFUSION_OPTIONS = (
+    *TRAIN_FUSION_OPTIONS,
+    "stage2_only",
+    "gradient_accumulation",
+    "warmup_fraction",
+    "lr_decay_at",
+    "train_source_encoder",
+)
 
 DEVICES = "auto (CUDA if available), cpu, cuda or cuda:N"
 
