@@ -11,7 +11,9 @@ DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects not
 # Options of the train commands, as the keywords of model_core.training's train functions. They
 # are parsed with argparse.SUPPRESS as default, so an option the user did not give is absent and
 # the train function's own default applies (model_core.training: the one place they are written).
-TRAIN_OPTIONS = ("max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed")
+TRAIN_OPTIONS = (
+    "max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed", "loader_workers",
+)  # fmt: skip
 TRAIN_FUSION_OPTIONS = (*TRAIN_OPTIONS, "precision")
 TRAIN_DIFFUSION_OPTIONS = (
     *TRAIN_FUSION_OPTIONS,
@@ -115,7 +117,10 @@ def add_common_train_options(parser: argparse.ArgumentParser) -> None:
         help="stop after this many optimiser steps (instead of --epochs)",
     )
     parser.add_argument("--epochs", type=positive_int, metavar="N", help="passes over the pairs")
-    parser.add_argument("--batch-size", dest="batch_size", type=positive_int, metavar="N", help="pairs per step")
+    parser.add_argument(
+        "--batch-size", dest="batch_size", type=positive_int, metavar="N",
+        help="pairs per step; under torchrun the global batch, shared by the processes",
+    )  # fmt: skip
     parser.add_argument("--lr", dest="learning_rate", type=positive_float, metavar="F", help="learning rate")
     parser.add_argument(
         "--checkpoint-every", dest="checkpoint_every", type=positive_int, metavar="N", help="steps between checkpoints"
@@ -127,6 +132,11 @@ def add_common_train_options(parser: argparse.ArgumentParser) -> None:
     )
     add_device_argument(parser, default=argparse.SUPPRESS)
     parser.add_argument("--seed", type=non_negative_int, metavar="N", help="random seed")
+    parser.add_argument(
+        "--loader-workers", dest="loader_workers", type=non_negative_int, metavar="N",
+        help="processes building batches per training process; 0: the training process itself (default: one core "
+        "per process kept for training, the rest up to 4; 0 with 2 cores or fewer)",
+    )  # fmt: skip
 
 
 def given_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:

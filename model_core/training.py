@@ -21,18 +21,21 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
+from . import distributed
 from .augmentation import Augmentation
+from .distributed import Trainer, World
 from .errors import InputError
 from .fusion import fusion_loss, retrieval_accuracy
-from .pipeline_fpdm import FPDMPipeline, resolve_device
+from .loading import MicroBatches, default_loader_workers, micro_batch_loader, to_device
+from .pipeline_fpdm import FPDMPipeline
+from .sample_seeding import SampleDraws, sample_seeded_dropout
 from .stage2 import denoise
-from .training_data import PairTensors, batch_indices, read_pairs
+from .training_data import PairTensors, batch_indices, read_pairs  # noqa: F401 (batch_indices: re-exported)
 
 REFERENCE_AUGMENTATION = Augmentation()
 LOG_FILE = "train_log.jsonl"
@@ -109,6 +112,31 @@ def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_siz
     return epochs * max(1, max(1, dataset_size // batch_size) // accumulation)
 
 
+def open_run(out: Path, resume: bool, world: World) -> TrainingRun:
+    """The run's output, opened by rank 0 first (it starts or keeps the log), then by the others,
+    which only read it (the checkpoint to resume from)."""
+    with distributed.main_first(world):
+        run = TrainingRun(out, resume)
+    return run
+
+
+def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
+    with distributed.main_first(world):
+        done = run.load_state(optimizer, lr_scheduler)
+    return done
+
+
+def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World) -> None:
+    if world.is_main:
+        pipe.save_pretrained(run.out)
+    distributed.barrier(world)
+
+
+def training_loader(dataset, done_micro_steps: int, total_micro_steps: int, workers: int | None, world: World):
+    workers = default_loader_workers(world) if workers is None else workers
+    return micro_batch_loader(dataset, done_micro_steps, total_micro_steps, workers, world.device)
+
+
 # How the trainable parts compute: "bf16" runs the forward pass under bf16 autocast over float32
 # master weights and optimiser state; "fp32" runs it in float32; "auto" is bf16 on CUDA and fp32
 # elsewhere. The CPU runs "bf16" through the same autocast scope the GPU uses (slower than fp32
@@ -148,43 +176,65 @@ def train_fusion(
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    loader_workers: int | None = None,
 ) -> TrainResult:
     """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1). `precision`:
-    see PRECISIONS."""
+    see PRECISIONS. Under torchrun, `batch_size` is the global batch (`distributed`);
+    `loader_workers` None: `loading.default_loader_workers`. The contrastive loss sees the
+    whole global batch: every rank's embeddings are gathered."""
     check_precision(precision)
     pair_list = read_pairs(pairs)
-    run = TrainingRun(Path(out), resume)
-    torch_device = resolve_device(device)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    with distributed.joined(device) as world:
+        return _train_fusion(world, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
+                             temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed,
+                             loader_workers)  # fmt: skip
+
+
+def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
+                  temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed, loader_workers):  # fmt: skip
+    run = open_run(Path(out), resume, world)
+    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=world.device, dtype=torch.float32)
     if pipe.fusion is None:
         raise InputError(f"{model}: a stage-2-only model has no fusion part to train")
     data = PairTensors(pair_list, pipe)
     batch_size = min(batch_size, len(data))
+    distributed.check_batch(world, batch_size)
     fusion = pipe.fusion.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(fusion.parameters(), lr=learning_rate, weight_decay=weight_decay)
     lr_scheduler = get_scheduler("constant", optimizer)
-    done = run.load_state(optimizer, lr_scheduler)
+    done = load_state(run, optimizer, lr_scheduler, world)
     total = total_steps(max_steps, epochs, len(data), batch_size)
+    trainer = Trainer([fusion], world)
+    batches = iter(training_loader(MicroBatches(data, batch_size, seed, world), done, total, loader_workers, world))
 
     record: dict = {}
     for step in range(done + 1, total + 1):
-        torch.manual_seed(seed * 1_000_003 + step)  # dropout masks replay on resume
-        batch = data.batch(batch_indices(step - 1, len(data), batch_size, seed), torch_device)
-        with autocast(torch_device, precision):
-            source = fusion.embed(batch["source_clip"])
-            target = fusion.embed(batch["target_clip"])
-            fused = fusion.fuse(source, fusion.embed(batch["pose_clip"]))
-            result = fusion_loss(source.float(), target.float(), fused.float(), temperature, l1_weight, source_enhanced)
+        torch.manual_seed(seed * 1_000_003 + step)
+        local = next(batches)
+        positions, batch = local["positions"].tolist(), to_device(local, world.device)
+
+        def embeddings(batch=batch):
+            with autocast(world.device, precision):
+                source, target = fusion.embed(batch["source_clip"]), fusion.embed(batch["target_clip"])
+                fused = fusion.fuse(source, fusion.embed(batch["pose_clip"]))
+            return torch.cat([source.float(), target.float(), fused.float()], dim=-1)
+
+        # Dropout masks per global sample: they replay on resume, and any world size draws the same.
+        with sample_seeded_dropout([fusion], seed, step - 1, positions):
+            rows = distributed.gather_rows(world, trainer(embeddings), batch_size)
+        source, target, fused = rows.chunk(3, dim=-1)
+        result = fusion_loss(source, target, fused, temperature, l1_weight, source_enhanced)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         learning_rate_used = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": result.loss.item(), "top1": result.top1, "top5": result.top5, "lr": learning_rate_used}
-        run.log(record)
-        if step % checkpoint_every == 0 and step < total:
-            run.checkpoint(pipe, optimizer, lr_scheduler, step)
-    pipe.save_pretrained(run.out)
+        if world.is_main:
+            run.log(record)
+            if step % checkpoint_every == 0 and step < total:
+                run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    save_final(pipe, run, world)
     return TrainResult(run.out, total, record)
 
 
@@ -233,6 +283,7 @@ def train_diffusion(
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    loader_workers: int | None = None,
 ) -> TrainResult:
     """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
     fusion projector. VAE, source encoder and the stage-1 fusion model stay frozen.
@@ -252,16 +303,29 @@ def train_diffusion(
       frozen, and the UNet then sees only what a random projection of the garment keeps.
     - `augmentation`: the reference's four (model_core.augmentation); `Augmentation.off()` for none.
     - `precision`: see PRECISIONS; the frozen parts run under the same autocast.
+    - Under torchrun, `batch_size` is the global micro-batch (`distributed`); `loader_workers`
+      None: `loading.default_loader_workers`.
     """
     check_precision(precision)
+    settings = dict(locals())  # every keyword option, passed on as it is
+    del settings["model"], settings["pairs"], settings["out"]
     pair_list = read_pairs(pairs)
-    run = TrainingRun(Path(out), resume)
-    torch_device = resolve_device(device)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    with distributed.joined(device) as world:
+        return _train_diffusion(world, model, pair_list, Path(out), **settings)
+
+
+def _train_diffusion(world: World, model, pair_list, out: Path, *, stage2_only, max_steps, epochs, batch_size,
+                     gradient_accumulation, learning_rate, weight_decay, max_grad_norm, warmup_fraction, lr_decay_at,
+                     lr_decay_factor, condition_dropout, condition_dropout_per_batch, fusion_dropout,
+                     train_source_encoder, augmentation, noise_offset, checkpoint_every, resume, device, precision,
+                     seed, loader_workers) -> TrainResult:  # fmt: skip
+    run = open_run(out, resume, world)
+    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=world.device, dtype=torch.float32)
     if stage2_only and pipe.uses_fusion:
         pipe = without_fusion(pipe)
     data = PairTensors(pair_list, pipe, augmentation)
     batch_size = min(batch_size, len(data))
+    distributed.check_batch(world, batch_size)
 
     trainable = [pipe.unet, pipe.pose_embedding, pipe.source_projector]
     if train_source_encoder:
@@ -279,35 +343,47 @@ def train_diffusion(
         optimizer, warmup_step_decay(total, warmup_fraction, lr_decay_at, lr_decay_factor)
     )
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    done = run.load_state(optimizer, lr_scheduler)
+    done = load_state(run, optimizer, lr_scheduler, world)
     dropout = ConditionDropout(condition_dropout, condition_dropout_per_batch)
+    trainer = Trainer(trainable, world)
+    micro_batches = MicroBatches(data, batch_size, seed, world)
+    loader = training_loader(micro_batches, done * gradient_accumulation, total * gradient_accumulation, loader_workers, world)
+    batches = iter(loader)
+    dropout_modules = list(pipe.modules().values())
 
     record: dict = {}
     for step in range(done + 1, total + 1):
-        torch.manual_seed(seed * 1_000_003 + step)  # dropout masks replay on resume
+        torch.manual_seed(seed * 1_000_003 + step)
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        step_loss = 0.0  # this rank's share of the step's mean loss
         for micro in range(gradient_accumulation):
             micro_step = (step - 1) * gradient_accumulation + micro
-            # Augmentation, noise, timesteps and condition dropout draw from generators seeded by
-            # the micro-step: they replay on resume.
-            augment_rng = np.random.default_rng([seed, micro_step])
-            batch = data.batch(batch_indices(micro_step, len(data), batch_size, seed), torch_device, augment_rng)
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
-            with autocast(torch_device, precision):
-                loss = _diffusion_loss(pipe, noise_scheduler, batch, generator, dropout, noise_offset, train_source_encoder)
-            (loss / gradient_accumulation).backward()
-            step_loss += loss.item() / gradient_accumulation
+            local = next(batches)
+            positions, batch = local["positions"].tolist(), to_device(local, world.device)
+            # Noise, timesteps, condition dropout and dropout masks are drawn per global sample:
+            # they replay on resume and do not depend on the world size.
+            draws = SampleDraws(seed, micro_step, positions, world.device)
+
+            def loss_of_batch(batch=batch, draws=draws):
+                with autocast(world.device, precision):
+                    return _diffusion_loss(pipe, noise_scheduler, batch, draws, dropout, noise_offset, train_source_encoder)
+
+            weight = distributed.share(world, len(positions), batch_size)
+            with trainer.accumulating(micro == gradient_accumulation - 1), sample_seeded_dropout(dropout_modules, seed, micro_step, positions):  # fmt: skip
+                loss = trainer(loss_of_batch)
+                (loss * weight / gradient_accumulation).backward()
+            step_loss += loss.item() * weight / world.size / gradient_accumulation
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         learning_rate_used = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
-        record = {"step": step, "loss": step_loss, "lr": learning_rate_used}
-        run.log(record)
-        if step % checkpoint_every == 0 and step < total:
-            run.checkpoint(pipe, optimizer, lr_scheduler, step)
-    pipe.save_pretrained(run.out)
+        record = {"step": step, "loss": distributed.all_sum(world, step_loss), "lr": learning_rate_used}
+        if world.is_main:
+            run.log(record)
+            if step % checkpoint_every == 0 and step < total:
+                run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    save_final(pipe, run, world)
     return TrainResult(run.out, total, record)
 
 
@@ -350,22 +426,20 @@ class ConditionDropout:
         draws = torch.rand(1 if self.per_batch else n, generator=generator).expand(n)
         return (draws >= self.rate).float()
 
+    def keep_samples(self, draws: SampleDraws) -> torch.Tensor:
+        """`keep` with each sample's own draw (per batch: the global batch's one draw)."""
+        return ((draws.batch_rand() if self.per_batch else draws.rand(1)[:, 0]) >= self.rate).float()
+
 
 def _diffusion_loss(
-    pipe, noise_scheduler, batch, generator, dropout: ConditionDropout, noise_offset, train_source_encoder: bool = False
+    pipe, noise_scheduler, batch, draws: SampleDraws, dropout: ConditionDropout, noise_offset, train_source_encoder: bool = False
 ) -> torch.Tensor:
-    device = batch["target"].device
+    """The mean loss over the batch's samples; every random draw is the sample's own (`draws`)."""
     n = len(batch["target"])
-
-    def cpu_rand(*shape):
-        return torch.rand(*shape, generator=generator).to(device)
-
-    def cpu_randn(*shape):
-        return torch.randn(*shape, generator=generator).to(device)
 
     with torch.no_grad():
         posterior = pipe.vae.encode(batch["target"]).latent_dist
-        latents = (posterior.mean + posterior.std * cpu_randn(*posterior.mean.shape)) * pipe.vae.config.scaling_factor
+        latents = (posterior.mean + posterior.std * draws.randn(*posterior.mean.shape[1:])) * pipe.vae.config.scaling_factor
         fusion = None
         if pipe.uses_fusion:
             fusion = pipe.fusion.fuse(pipe.fusion.embed(batch["source_clip"]), pipe.fusion.embed(batch["pose_clip"]))
@@ -374,16 +448,17 @@ def _diffusion_loss(
         tokens = pipe.source_encoder(batch["source_encoder_pixels"])
 
     # Offset noise (a per-channel constant) lets the model change overall brightness.
-    noise = cpu_randn(*latents.shape) + noise_offset * cpu_randn(n, latents.shape[1], 1, 1)
+    channels = latents.shape[1]
+    noise = draws.randn(*latents.shape[1:]) + noise_offset * draws.randn(channels, 1, 1)
     timesteps = (
-        (cpu_rand(n) * noise_scheduler.config.num_train_timesteps)
+        (draws.rand() * noise_scheduler.config.num_train_timesteps)
         .long()
         .clamp(max=noise_scheduler.config.num_train_timesteps - 1)
     )
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
     def keep(shape_tail: int) -> torch.Tensor:
-        return dropout.keep(n, generator).to(device).view(n, *([1] * shape_tail))
+        return dropout.keep_samples(draws).view(n, *([1] * shape_tail))
 
     context = pipe.source_projector(tokens) * keep(2)
     pose_residual = pipe.pose_embedding(batch["skeleton"]) * keep(3)

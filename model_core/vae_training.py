@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
-from .images import load_image, pil_to_tensor
-from .pipeline_fpdm import FPDMPipeline, resolve_device
-from .training import TrainingRun, TrainResult, total_steps
-from .training_data import batch_indices, read_pairs
+from . import distributed
+from .distributed import Trainer, World
+from .loading import PhotoBatches
+from .pipeline_fpdm import FPDMPipeline
+from .training import TrainResult, training_loader, load_state, open_run, save_final, total_steps
+from .training_data import read_pairs
 
 
 def train_vae(
@@ -34,52 +36,77 @@ def train_vae(
     resume: bool = False,
     device: str = "auto",
     seed: int = 0,
+    loader_workers: int | None = None,
 ) -> TrainResult:
     """Fit the autoencoder to the pairs' photos (sources and targets), for a small model of a
     new domain whose VAE no public checkpoint covers: stage 2 learns in its latent space, so it
     comes first. Reconstruction (garment_weighted_reconstruction_loss) with a small KL term
     that keeps the latents near N(0, 1); the latent scale is then set so they have unit
-    variance, as diffusion expects. Production models keep Stable Diffusion's VAE and skip this."""
+    variance, as diffusion expects. Production models keep Stable Diffusion's VAE and skip this.
+    Under torchrun, `batch_size` is the global batch (`distributed`)."""
     pair_list = read_pairs(pairs)
-    run = TrainingRun(Path(out), resume)
-    torch_device = resolve_device(device)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    options = dict(max_steps=max_steps, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                   kl_weight=kl_weight, checkpoint_every=checkpoint_every, resume=resume, seed=seed,
+                   loader_workers=loader_workers)  # fmt: skip
+    with distributed.joined(device) as world:
+        return _train_vae(world, model, pair_list, Path(out), **options)
+
+
+def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, batch_size, learning_rate, kl_weight,
+               checkpoint_every, resume, seed, loader_workers) -> TrainResult:  # fmt: skip
+    run = open_run(out, resume, world)
+    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=world.device, dtype=torch.float32)
     photos = sorted({path for pair in pair_list for path in (pair.source_image, pair.target_image)})
-    images = torch.stack([pil_to_tensor(pipe.geometry.photo(load_image(path))) * 2 - 1 for path in photos])
-    batch_size = min(batch_size, len(images))
+    batch_size = min(batch_size, len(photos))
+    distributed.check_batch(world, batch_size)
+    data = PhotoBatches(photos, pipe.geometry, batch_size, seed, world)
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
-    total = total_steps(max_steps, epochs, len(images), batch_size)
+    total = total_steps(max_steps, epochs, len(photos), batch_size)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(100, total // 10), num_training_steps=total)
-    done = run.load_state(optimizer, lr_scheduler)
+    done = load_state(run, optimizer, lr_scheduler, world)
+    trainer = Trainer([vae], world)
+    batches = iter(training_loader(data, done, total, loader_workers, world))
 
     record: dict = {}
     for step in range(done + 1, total + 1):
-        batch = images[batch_indices(step - 1, len(images), batch_size, seed)].to(torch_device)
-        posterior = vae.encode(batch).latent_dist
-        # The posterior's mean, not a sample: in a short run from scratch the sampling noise
-        # drowns the colour in the latents and the decoder learns to ignore it (measured: grey
-        # figures after 700 steps with samples).
-        reconstruction = vae.decode(posterior.mean).sample
-        l1 = F.l1_loss(reconstruction, batch)
-        loss = garment_weighted_reconstruction_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+        local = next(batches)
+        batch = local["photos"].to(world.device)
+        weight = distributed.share(world, len(batch), batch_size)
+        loss, l1 = trainer(lambda batch=batch: _vae_loss(vae, batch, kl_weight))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
         learning_rate_used = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
-        record = {"step": step, "loss": loss.item(), "l1": l1.item(), "lr": learning_rate_used}
-        run.log(record)
-        if step % checkpoint_every == 0 and step < total:
-            run.checkpoint(pipe, optimizer, lr_scheduler, step)
+        mean_loss, mean_l1 = (distributed.all_sum(world, value.item() * weight / world.size) for value in (loss, l1))
+        record = {"step": step, "loss": mean_loss, "l1": mean_l1, "lr": learning_rate_used}
+        if world.is_main:
+            run.log(record)
+            if step % checkpoint_every == 0 and step < total:
+                run.checkpoint(pipe, optimizer, lr_scheduler, step)
 
     vae.eval().requires_grad_(False)
     make_encoder_deterministic(vae)
     with torch.no_grad():
-        means = torch.cat([vae.encode(images[i : i + 64].to(torch_device)).latent_dist.mean for i in range(0, len(images), 64)])
+        images = [data.photo(i) for i in range(len(photos))]
+        means = torch.cat(
+            [vae.encode(torch.stack(images[i : i + 64]).to(world.device)).latent_dist.mean for i in range(0, len(images), 64)]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-    pipe.save_pretrained(run.out)
+    save_final(pipe, run, world)
     return TrainResult(run.out, total, {**record, "scaling_factor": vae.config.scaling_factor})
+
+
+def _vae_loss(vae, batch: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    posterior = vae.encode(batch).latent_dist
+    # The posterior's mean, not a sample: in a short run from scratch the sampling noise
+    # drowns the colour in the latents and the decoder learns to ignore it (measured: grey
+    # figures after 700 steps with samples).
+    reconstruction = vae.decode(posterior.mean).sample
+    l1 = F.l1_loss(reconstruction, batch)
+    loss = garment_weighted_reconstruction_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
+    return loss, l1
 
 
 def make_encoder_deterministic(vae) -> None:
