@@ -18,7 +18,7 @@ from . import distributed
 from .distributed import Trainer, World
 from .loading import PhotoBatches
 from .pipeline_fpdm import FPDMPipeline
-from .training import TrainResult, training_loader, load_state, open_run, save_final, total_steps
+from .training import TrainResult, load_state, open_run, save_final, total_steps, training_loader
 from .training_data import read_pairs
 
 
