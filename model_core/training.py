@@ -11,13 +11,13 @@ Both trainers write into `out/`:
     checkpoint-NNNNNN/       every `checkpoint_every` steps: a model directory + training_state.pt
     model_index.json, ...    the final model directory (FPDMPipeline.save_pretrained)
 `resume=True` continues from the newest checkpoint with the same data order and noise, so an
-interrupted run and an uninterrupted one take the same steps.
+interrupted run and an uninterrupted one take the same steps. `files` (model_core.training_files)
+reads pairs and writes `out` elsewhere than on local disk (S3: pipeline.training_storage);
+`keep_checkpoints` prunes old checkpoints (`training_run`, which also states the completion rule).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,73 +33,20 @@ from .fusion import fusion_loss, retrieval_accuracy
 from .pipeline_fpdm import FPDMPipeline, resolve_device
 from .stage2 import denoise
 from .training_data import PairTensors, batch_indices, read_pairs
+from .training_files import TrainingFiles
+from .training_run import LOG_FILE, TRAINING_STATE, TrainingRun, latest_checkpoint  # noqa: F401 - re-exported
 
 REFERENCE_AUGMENTATION = Augmentation()
-LOG_FILE = "train_log.jsonl"
-TRAINING_STATE = "training_state.pt"
 
 
 @dataclass
 class TrainResult:
-    out: Path
+    out: Path | str  # a URI when the run wrote to an object store
     steps: int
     last: dict
 
 
 # ----- the shared loop -------------------------------------------------------------------
-
-
-class TrainingRun:
-    """Checkpointing, resuming and logging, the same for both stages."""
-
-    def __init__(self, out: Path, resume: bool):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.out / LOG_FILE
-        self.resume_from = latest_checkpoint(self.out) if resume else None
-        if not resume and latest_checkpoint(self.out) is not None:
-            # A later --resume would pick up the old run's newer checkpoints: refuse to mix runs.
-            raise InputError(f"{self.out}: holds checkpoints of an earlier run; use --resume, or another --out")
-        if self.resume_from is None and self.log_path.exists():
-            self.log_path.unlink()  # nothing to resume from: a fresh run starts a fresh log
-
-    def load_state(self, optimizer, lr_scheduler) -> int:
-        """Restore optimiser and LR schedule; return the number of steps already done."""
-        if self.resume_from is None:
-            return 0
-        state = torch.load(self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self._truncate_log(state["step"])
-        return int(state["step"])
-
-    def log(self, record: dict) -> None:
-        with self.log_path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
-
-    def checkpoint(self, pipe: FPDMPipeline, optimizer, lr_scheduler, step: int) -> Path:
-        folder = self.out / f"checkpoint-{step:06d}"
-        pipe.save_pretrained(folder)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
-        torch.save(state, folder / TRAINING_STATE)
-        return folder
-
-    def _truncate_log(self, step: int) -> None:
-        # Steps logged after the checkpoint are redone by the resumed run; drop them so the
-        # log has each step once.
-        if not self.log_path.exists():
-            return
-        records = [line for line in self.log_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in records if json.loads(line)["step"] <= step]
-        self.log_path.write_text("".join(line + "\n" for line in kept))
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(
-        (p for p in Path(out).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and (p / TRAINING_STATE).is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return found[-1] if found else None
 
 
 def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_size: int, accumulation: int = 1) -> int:
@@ -145,20 +92,22 @@ def train_fusion(
     source_enhanced: bool = True,
     checkpoint_every: int = 500,
     resume: bool = False,
+    keep_checkpoints: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    files: TrainingFiles | None = None,
 ) -> TrainResult:
     """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1). `precision`:
     see PRECISIONS."""
     check_precision(precision)
-    pair_list = read_pairs(pairs)
-    run = TrainingRun(Path(out), resume)
+    pair_list = read_pairs(pairs, files)
+    run = TrainingRun(out, resume, files, keep_checkpoints)
     torch_device = resolve_device(device)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    pipe = FPDMPipeline.from_pretrained(run.starting_model(model), device=torch_device, dtype=torch.float32)
     if pipe.fusion is None:
         raise InputError(f"{model}: a stage-2-only model has no fusion part to train")
-    data = PairTensors(pair_list, pipe)
+    data = PairTensors(pair_list, pipe, files=files)
     batch_size = min(batch_size, len(data))
     fusion = pipe.fusion.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(fusion.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -184,8 +133,7 @@ def train_fusion(
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
-    pipe.save_pretrained(run.out)
-    return TrainResult(run.out, total, record)
+    return TrainResult(run.save_final(pipe), total, record)
 
 
 @torch.no_grad()
@@ -230,9 +178,11 @@ def train_diffusion(
     noise_offset: float = 0.1,
     checkpoint_every: int = 500,
     resume: bool = False,
+    keep_checkpoints: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    files: TrainingFiles | None = None,
 ) -> TrainResult:
     """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
     fusion projector. VAE, source encoder and the stage-1 fusion model stay frozen.
@@ -254,13 +204,13 @@ def train_diffusion(
     - `precision`: see PRECISIONS; the frozen parts run under the same autocast.
     """
     check_precision(precision)
-    pair_list = read_pairs(pairs)
-    run = TrainingRun(Path(out), resume)
+    pair_list = read_pairs(pairs, files)
+    run = TrainingRun(out, resume, files, keep_checkpoints)
     torch_device = resolve_device(device)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    pipe = FPDMPipeline.from_pretrained(run.starting_model(model), device=torch_device, dtype=torch.float32)
     if stage2_only and pipe.uses_fusion:
         pipe = without_fusion(pipe)
-    data = PairTensors(pair_list, pipe, augmentation)
+    data = PairTensors(pair_list, pipe, augmentation, files)
     batch_size = min(batch_size, len(data))
 
     trainable = [pipe.unet, pipe.pose_embedding, pipe.source_projector]
@@ -307,8 +257,7 @@ def train_diffusion(
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
-    pipe.save_pretrained(run.out)
-    return TrainResult(run.out, total, record)
+    return TrainResult(run.save_final(pipe), total, record)
 
 
 def warmup_step_decay(total: int, warmup_fraction: float, decay_at: float, decay_factor: float):

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
-from .images import load_image, pil_to_tensor
+from .images import pil_to_tensor
 from .pipeline_fpdm import FPDMPipeline, resolve_device
 from .training import TrainingRun, TrainResult, total_steps
-from .training_data import batch_indices, read_pairs
+from .training_data import batch_indices, read_image, read_pairs
+from .training_files import TrainingFiles
 
 
 def train_vae(
@@ -32,20 +33,22 @@ def train_vae(
     kl_weight: float = 1e-6,
     checkpoint_every: int = 500,
     resume: bool = False,
+    keep_checkpoints: int | None = None,
     device: str = "auto",
     seed: int = 0,
+    files: TrainingFiles | None = None,
 ) -> TrainResult:
     """Fit the autoencoder to the pairs' photos (sources and targets), for a small model of a
     new domain whose VAE no public checkpoint covers: stage 2 learns in its latent space, so it
     comes first. Reconstruction (garment_weighted_reconstruction_loss) with a small KL term
     that keeps the latents near N(0, 1); the latent scale is then set so they have unit
     variance, as diffusion expects. Production models keep Stable Diffusion's VAE and skip this."""
-    pair_list = read_pairs(pairs)
-    run = TrainingRun(Path(out), resume)
+    pair_list = read_pairs(pairs, files)
+    run = TrainingRun(out, resume, files, keep_checkpoints)
     torch_device = resolve_device(device)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=torch_device, dtype=torch.float32)
+    pipe = FPDMPipeline.from_pretrained(run.starting_model(model), device=torch_device, dtype=torch.float32)
     photos = sorted({path for pair in pair_list for path in (pair.source_image, pair.target_image)})
-    images = torch.stack([pil_to_tensor(pipe.geometry.photo(load_image(path))) * 2 - 1 for path in photos])
+    images = torch.stack([pil_to_tensor(pipe.geometry.photo(read_image(run.files, path))) * 2 - 1 for path in photos])
     batch_size = min(batch_size, len(images))
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
@@ -78,8 +81,7 @@ def train_vae(
     with torch.no_grad():
         means = torch.cat([vae.encode(images[i : i + 64].to(torch_device)).latent_dist.mean for i in range(0, len(images), 64)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-    pipe.save_pretrained(run.out)
-    return TrainResult(run.out, total, {**record, "scaling_factor": vae.config.scaling_factor})
+    return TrainResult(run.save_final(pipe), total, {**record, "scaling_factor": vae.config.scaling_factor})
 
 
 def make_encoder_deterministic(vae) -> None:
