@@ -4,7 +4,6 @@ everywhere. Command modules import nothing from each other; what they share is h
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects nothing: no use outside a run
 
@@ -12,7 +11,8 @@ DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects not
 # are parsed with argparse.SUPPRESS as default, so an option the user did not give is absent and
 # the train function's own default applies (model_core.training: the one place they are written).
 TRAIN_OPTIONS = (
-    "max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "device", "seed", "loader_workers",
+    "max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "keep_checkpoints", "device", "seed",
+    "loader_workers",
 )  # fmt: skip
 TRAIN_FUSION_OPTIONS = (*TRAIN_OPTIONS, "precision")
 TRAIN_DIFFUSION_OPTIONS = (
@@ -103,11 +103,12 @@ def add_common_train_options(parser: argparse.ArgumentParser) -> None:
     """The options of every `fpdm train` stage. The parser must have argument_default=SUPPRESS
     (see TRAIN_OPTIONS)."""
     parser.add_argument(
-        "--pairs", type=Path, required=True, help="pairs CSV: source_image,target_image,target_pose (paths relative to it)"
-    )
+        "--pairs", required=True,
+        help="pairs CSV, a path or s3:// URI: source_image,target_image,target_pose (paths relative to it)",
+    )  # fmt: skip
     parser.add_argument(
-        "--out", type=Path, required=True,
-        help="output directory: train_log.jsonl, checkpoint-NNNNNN/ folders and the final model, itself a --model",
+        "--out", required=True,
+        help="output directory or s3:// prefix: train_log.jsonl, checkpoint-NNNNNN/ folders and the final model, itself a --model",
     )  # fmt: skip
     parser.add_argument(
         "--max-steps",
@@ -130,6 +131,10 @@ def add_common_train_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from the newest checkpoint in --out, with the steps an uninterrupted run takes",
     )
+    parser.add_argument(
+        "--keep-checkpoints", dest="keep_checkpoints", type=positive_int, metavar="N",
+        help="after each checkpoint, delete all but the newest N (default: keep every one)",
+    )  # fmt: skip
     add_device_argument(parser, default=argparse.SUPPRESS)
     parser.add_argument("--seed", type=non_negative_int, metavar="N", help="random seed")
     parser.add_argument(

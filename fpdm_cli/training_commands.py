@@ -152,14 +152,15 @@ def register_train(subparsers) -> None:
 def run_train_vae(args: argparse.Namespace) -> None:
     from model_core.vae_training import train_vae
 
-    result = train_vae(args.model, args.pairs, args.out, **given_options(args, TRAIN_OPTIONS))
+    result = train_vae(args.model, args.pairs, args.out, files=training_files(args), **given_options(args, TRAIN_OPTIONS))
     print_training_summary("vae", result)
 
 
 def run_train_fusion(args: argparse.Namespace) -> None:
     from model_core.training import train_fusion
 
-    result = train_fusion(args.model, args.pairs, args.out, **given_options(args, TRAIN_FUSION_OPTIONS))
+    options = given_options(args, TRAIN_FUSION_OPTIONS)
+    result = train_fusion(args.model, args.pairs, args.out, files=training_files(args), **options)
     print_training_summary("fusion", result)
 
 
@@ -171,8 +172,18 @@ def run_train_diffusion(args: argparse.Namespace) -> None:
         from model_core.augmentation import Augmentation
 
         options["augmentation"] = Augmentation.off()
-    result = train_diffusion(args.model, args.pairs, args.out, **options)
+    result = train_diffusion(args.model, args.pairs, args.out, files=training_files(args), **options)
     print_training_summary("diffusion", result)
+
+
+def training_files(args: argparse.Namespace):
+    """S3's implementation when a path is an s3:// URI (pipeline.training_storage); else None,
+    model_core's local default."""
+    if any(str(getattr(args, name, "")).startswith("s3://") for name in ("model", "pairs", "out")):
+        from pipeline.training_storage import S3TrainingFiles
+
+        return S3TrainingFiles()
+    return None
 
 
 def print_training_summary(stage: str, result) -> None:

@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import World, rank_positions
-from .images import load_image, pil_to_tensor
+from .images import pil_to_tensor
 from .sample_seeding import augmentation_rng
-from .training_data import PairTensors, batch_indices
+from .training_data import PairTensors, batch_indices, read_image
+from .training_files import LOCAL_FILES, TrainingFiles
 
 MAX_DEFAULT_WORKERS = 4
 
@@ -62,15 +63,16 @@ class PhotoBatches(Dataset):
     """Item k: this rank's share of micro-step k's global batch of photos (the autoencoder's
     training data), fitted to the model's frame, in [-1, 1]."""
 
-    def __init__(self, photos: list, geometry, batch_size: int, seed: int, world: World):
+    def __init__(self, photos: list, geometry, batch_size: int, seed: int, world: World, files: TrainingFiles | None = None):
         self.photos, self.geometry, self.batch_size, self.seed = photos, geometry, batch_size, seed
+        self.files = files or LOCAL_FILES
         self.positions = list(rank_positions(batch_size, world))
         self._cache: dict[int, torch.Tensor] | None = {} if len(photos) <= 2 * PairTensors.CACHE_LIMIT else None
 
     def photo(self, index: int) -> torch.Tensor:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        tensor = pil_to_tensor(self.geometry.photo(load_image(self.photos[index]))) * 2 - 1
+        tensor = pil_to_tensor(self.geometry.photo(read_image(self.files, self.photos[index]))) * 2 - 1
         if self._cache is not None:
             self._cache[index] = tensor
         return tensor

@@ -11,13 +11,13 @@ Both trainers write into `out/`:
     checkpoint-NNNNNN/       every `checkpoint_every` steps: a model directory + training_state.pt
     model_index.json, ...    the final model directory (FPDMPipeline.save_pretrained)
 `resume=True` continues from the newest checkpoint with the same data order and noise, so an
-interrupted run and an uninterrupted one take the same steps.
+interrupted run and an uninterrupted one take the same steps. `files` (model_core.training_files)
+reads pairs and writes `out` elsewhere than on local disk (S3: pipeline.training_storage);
+`keep_checkpoints` prunes old checkpoints (`training_run`, which also states the completion rule).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,73 +36,20 @@ from .pipeline_fpdm import FPDMPipeline
 from .sample_seeding import SampleDraws, sample_seeded_dropout
 from .stage2 import denoise
 from .training_data import PairTensors, batch_indices, read_pairs  # noqa: F401 (batch_indices: re-exported)
+from .training_files import TrainingFiles
+from .training_run import LOG_FILE, TRAINING_STATE, TrainingRun, latest_checkpoint  # noqa: F401 - re-exported
 
 REFERENCE_AUGMENTATION = Augmentation()
-LOG_FILE = "train_log.jsonl"
-TRAINING_STATE = "training_state.pt"
 
 
 @dataclass
 class TrainResult:
-    out: Path
+    out: Path | str  # a URI when the run wrote to an object store
     steps: int
     last: dict
 
 
 # ----- the shared loop -------------------------------------------------------------------
-
-
-class TrainingRun:
-    """Checkpointing, resuming and logging, the same for both stages."""
-
-    def __init__(self, out: Path, resume: bool):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.out / LOG_FILE
-        self.resume_from = latest_checkpoint(self.out) if resume else None
-        if not resume and latest_checkpoint(self.out) is not None:
-            # A later --resume would pick up the old run's newer checkpoints: refuse to mix runs.
-            raise InputError(f"{self.out}: holds checkpoints of an earlier run; use --resume, or another --out")
-        if self.resume_from is None and self.log_path.exists():
-            self.log_path.unlink()  # nothing to resume from: a fresh run starts a fresh log
-
-    def load_state(self, optimizer, lr_scheduler) -> int:
-        """Restore optimiser and LR schedule; return the number of steps already done."""
-        if self.resume_from is None:
-            return 0
-        state = torch.load(self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self._truncate_log(state["step"])
-        return int(state["step"])
-
-    def log(self, record: dict) -> None:
-        with self.log_path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
-
-    def checkpoint(self, pipe: FPDMPipeline, optimizer, lr_scheduler, step: int) -> Path:
-        folder = self.out / f"checkpoint-{step:06d}"
-        pipe.save_pretrained(folder)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
-        torch.save(state, folder / TRAINING_STATE)
-        return folder
-
-    def _truncate_log(self, step: int) -> None:
-        # Steps logged after the checkpoint are redone by the resumed run; drop them so the
-        # log has each step once.
-        if not self.log_path.exists():
-            return
-        records = [line for line in self.log_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in records if json.loads(line)["step"] <= step]
-        self.log_path.write_text("".join(line + "\n" for line in kept))
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(
-        (p for p in Path(out).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and (p / TRAINING_STATE).is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return found[-1] if found else None
 
 
 def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_size: int, accumulation: int = 1) -> int:
@@ -112,12 +59,20 @@ def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_siz
     return epochs * max(1, max(1, dataset_size // batch_size) // accumulation)
 
 
-def open_run(out: Path, resume: bool, world: World) -> TrainingRun:
+def open_run(
+    out, resume: bool, world: World, files: TrainingFiles | None = None, keep_checkpoints: int | None = None
+) -> TrainingRun:
     """The run's output, opened by rank 0 first (it starts or keeps the log), then by the others,
     which only read it (the checkpoint to resume from)."""
     with distributed.main_first(world):
-        run = TrainingRun(out, resume)
+        run = TrainingRun(out, resume, files, keep_checkpoints)
     return run
+
+
+def starting_model(run: TrainingRun, model, world: World):
+    """The model directory every rank loads (a download of an S3 one, each rank its own)."""
+    with distributed.main_first(world):
+        return run.starting_model(model)
 
 
 def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
@@ -126,10 +81,12 @@ def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
     return done
 
 
-def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World) -> None:
+def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World):
+    """The final model, written by rank 0 (model_index.json last); returns where it is."""
     if world.is_main:
-        pipe.save_pretrained(run.out)
+        run.save_final(pipe)
     distributed.barrier(world)
+    return run.out
 
 
 def training_loader(dataset, done_micro_steps: int, total_micro_steps: int, workers: int | None, world: World):
@@ -173,30 +130,33 @@ def train_fusion(
     source_enhanced: bool = True,
     checkpoint_every: int = 500,
     resume: bool = False,
+    keep_checkpoints: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
     loader_workers: int | None = None,
+    files: TrainingFiles | None = None,
 ) -> TrainResult:
     """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1). `precision`:
     see PRECISIONS. Under torchrun, `batch_size` is the global batch (`distributed`);
     `loader_workers` None: `loading.default_loader_workers`. The contrastive loss sees the
     whole global batch: every rank's embeddings are gathered."""
     check_precision(precision)
-    pair_list = read_pairs(pairs)
+    pair_list = read_pairs(pairs, files)
     with distributed.joined(device) as world:
         return _train_fusion(world, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
                              temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed,
-                             loader_workers)  # fmt: skip
+                             loader_workers, files, keep_checkpoints)  # fmt: skip
 
 
 def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
-                  temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed, loader_workers):  # fmt: skip
-    run = open_run(Path(out), resume, world)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=world.device, dtype=torch.float32)
+                  temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed, loader_workers,
+                  files, keep_checkpoints):  # fmt: skip
+    run = open_run(out, resume, world, files, keep_checkpoints)
+    pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     if pipe.fusion is None:
         raise InputError(f"{model}: a stage-2-only model has no fusion part to train")
-    data = PairTensors(pair_list, pipe)
+    data = PairTensors(pair_list, pipe, files=files)
     batch_size = min(batch_size, len(data))
     distributed.check_batch(world, batch_size)
     fusion = pipe.fusion.train().requires_grad_(True)
@@ -234,8 +194,7 @@ def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_
             run.log(record)
             if step % checkpoint_every == 0 and step < total:
                 run.checkpoint(pipe, optimizer, lr_scheduler, step)
-    save_final(pipe, run, world)
-    return TrainResult(run.out, total, record)
+    return TrainResult(save_final(pipe, run, world), total, record)
 
 
 @torch.no_grad()
@@ -280,10 +239,12 @@ def train_diffusion(
     noise_offset: float = 0.1,
     checkpoint_every: int = 500,
     resume: bool = False,
+    keep_checkpoints: int | None = None,
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
     loader_workers: int | None = None,
+    files: TrainingFiles | None = None,
 ) -> TrainResult:
     """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
     fusion projector. VAE, source encoder and the stage-1 fusion model stay frozen.
@@ -309,21 +270,21 @@ def train_diffusion(
     check_precision(precision)
     settings = dict(locals())  # every keyword option, passed on as it is
     del settings["model"], settings["pairs"], settings["out"]
-    pair_list = read_pairs(pairs)
+    pair_list = read_pairs(pairs, files)
     with distributed.joined(device) as world:
-        return _train_diffusion(world, model, pair_list, Path(out), **settings)
+        return _train_diffusion(world, model, pair_list, out, **settings)
 
 
-def _train_diffusion(world: World, model, pair_list, out: Path, *, stage2_only, max_steps, epochs, batch_size,
+def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_steps, epochs, batch_size,
                      gradient_accumulation, learning_rate, weight_decay, max_grad_norm, warmup_fraction, lr_decay_at,
                      lr_decay_factor, condition_dropout, condition_dropout_per_batch, fusion_dropout,
-                     train_source_encoder, augmentation, noise_offset, checkpoint_every, resume, device, precision,
-                     seed, loader_workers) -> TrainResult:  # fmt: skip
-    run = open_run(out, resume, world)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=world.device, dtype=torch.float32)
+                     train_source_encoder, augmentation, noise_offset, checkpoint_every, resume, keep_checkpoints, device,
+                     precision, seed, loader_workers, files) -> TrainResult:  # fmt: skip
+    run = open_run(out, resume, world, files, keep_checkpoints)
+    pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     if stage2_only and pipe.uses_fusion:
         pipe = without_fusion(pipe)
-    data = PairTensors(pair_list, pipe, augmentation)
+    data = PairTensors(pair_list, pipe, augmentation, files)
     batch_size = min(batch_size, len(data))
     distributed.check_batch(world, batch_size)
 
@@ -383,8 +344,7 @@ def _train_diffusion(world: World, model, pair_list, out: Path, *, stage2_only, 
             run.log(record)
             if step % checkpoint_every == 0 and step < total:
                 run.checkpoint(pipe, optimizer, lr_scheduler, step)
-    save_final(pipe, run, world)
-    return TrainResult(run.out, total, record)
+    return TrainResult(save_final(pipe, run, world), total, record)
 
 
 def warmup_step_decay(total: int, warmup_fraction: float, decay_at: float, decay_factor: float):

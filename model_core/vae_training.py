@@ -18,8 +18,9 @@ from . import distributed
 from .distributed import Trainer, World
 from .loading import PhotoBatches
 from .pipeline_fpdm import FPDMPipeline
-from .training import TrainResult, load_state, open_run, save_final, total_steps, training_loader
+from .training import TrainResult, load_state, open_run, save_final, starting_model, total_steps, training_loader
 from .training_data import read_pairs
+from .training_files import TrainingFiles
 
 
 def train_vae(
@@ -34,9 +35,11 @@ def train_vae(
     kl_weight: float = 1e-6,
     checkpoint_every: int = 500,
     resume: bool = False,
+    keep_checkpoints: int | None = None,
     device: str = "auto",
     seed: int = 0,
     loader_workers: int | None = None,
+    files: TrainingFiles | None = None,
 ) -> TrainResult:
     """Fit the autoencoder to the pairs' photos (sources and targets), for a small model of a
     new domain whose VAE no public checkpoint covers: stage 2 learns in its latent space, so it
@@ -44,22 +47,23 @@ def train_vae(
     that keeps the latents near N(0, 1); the latent scale is then set so they have unit
     variance, as diffusion expects. Production models keep Stable Diffusion's VAE and skip this.
     Under torchrun, `batch_size` is the global batch (`distributed`)."""
-    pair_list = read_pairs(pairs)
+    pair_list = read_pairs(pairs, files)
     options = dict(max_steps=max_steps, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                    kl_weight=kl_weight, checkpoint_every=checkpoint_every, resume=resume, seed=seed,
-                   loader_workers=loader_workers)  # fmt: skip
+                   loader_workers=loader_workers, files=files,
+                   keep_checkpoints=keep_checkpoints)  # fmt: skip
     with distributed.joined(device) as world:
-        return _train_vae(world, model, pair_list, Path(out), **options)
+        return _train_vae(world, model, pair_list, out, **options)
 
 
 def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, batch_size, learning_rate, kl_weight,
-               checkpoint_every, resume, seed, loader_workers) -> TrainResult:  # fmt: skip
-    run = open_run(out, resume, world)
-    pipe = FPDMPipeline.from_pretrained(run.resume_from or model, device=world.device, dtype=torch.float32)
+               checkpoint_every, resume, seed, loader_workers, files, keep_checkpoints) -> TrainResult:  # fmt: skip
+    run = open_run(out, resume, world, files, keep_checkpoints)
+    pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     photos = sorted({path for pair in pair_list for path in (pair.source_image, pair.target_image)})
     batch_size = min(batch_size, len(photos))
     distributed.check_batch(world, batch_size)
-    data = PhotoBatches(photos, pipe.geometry, batch_size, seed, world)
+    data = PhotoBatches(photos, pipe.geometry, batch_size, seed, world, run.files)
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     total = total_steps(max_steps, epochs, len(photos), batch_size)
@@ -94,8 +98,7 @@ def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, 
             [vae.encode(torch.stack(images[i : i + 64]).to(world.device)).latent_dist.mean for i in range(0, len(images), 64)]
         )
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-    save_final(pipe, run, world)
-    return TrainResult(run.out, total, {**record, "scaling_factor": vae.config.scaling_factor})
+    return TrainResult(save_final(pipe, run, world), total, {**record, "scaling_factor": vae.config.scaling_factor})
 
 
 def _vae_loss(vae, batch: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,200 @@
+"""Checkpointing, resuming and logging of a training run, the same for every trainer, on local
+disk or in an object store (`training_files`).
+
+`out` holds:
+    train_log.jsonl          one JSON object per optimiser step
+    checkpoint-NNNNNN/       a model directory + training_state.pt, written last: a checkpoint
+                             without it is incomplete (its writer stopped) and never resumed from
+    model_index.json, ...    the final model directory; model_index.json is written last
+
+The log: on disk each step is appended as it is taken. An object store cannot append, so there
+the log is kept in memory and the whole file is uploaded before each checkpoint and at the end
+(one object users read as on disk, rather than parts to be put together): what a crash loses are
+the steps after the last checkpoint, which the resumed run takes again anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .pipeline_fpdm import MODEL_INDEX, FPDMPipeline
+from .training_files import (
+    LOCAL_FILES,
+    Location,
+    TrainingFiles,
+    download_directory,
+    publish_directory,
+    retract_directory,
+)
+
+LOG_FILE = "train_log.jsonl"
+TRAINING_STATE = "training_state.pt"
+CHECKPOINT_FILE = re.compile(r"checkpoint-(\d+)/(.+)")
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingRun:
+    """One run's `out`: what it resumes from, its log, its checkpoints and final model.
+
+    `keep_checkpoints`: after each new checkpoint is complete, delete all but the newest N
+    complete ones (and incomplete ones older than the newest). None keeps every checkpoint: each
+    is also the model at its step, the one to go back to when a later one turns out worse, and a
+    deleted one cannot be trained again cheaply; pruning is the user's call.
+    """
+
+    def __init__(self, out: Location, resume: bool, files: TrainingFiles | None = None, keep_checkpoints: int | None = None):
+        self.files = files or LOCAL_FILES
+        self.remote = not self.files.is_local(out)
+        self.out: Path | str = str(out).rstrip("/") if self.remote else Path(out)
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise InputError(f"keep_checkpoints must be at least 1 (the newest is never deleted), got {keep_checkpoints}")
+        self.keep_checkpoints = keep_checkpoints
+        if not self.remote:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.files.join(self.out, LOG_FILE)
+        self._downloads: tempfile.TemporaryDirectory | None = None
+
+        listing = self.files.list_files(self.out)
+        complete, incomplete = checkpoints_in(self.files, self.out, listing)
+        if complete and not resume:
+            # A later --resume would pick up the old run's newer checkpoints: refuse to mix runs.
+            raise InputError(f"{self.out}: holds checkpoints of an earlier run; use --resume, or another --out")
+        newest = complete[-1] if resume and complete else None
+        if resume:
+            _say_incomplete(incomplete, newest)
+        self.resume_location = self._location(newest[1]) if newest else None
+        self.resume_from: Path | None = self._local_copy(self.resume_location) if newest else None
+
+        self._log_lines: list[str] = []
+        has_log = self.files.join(self.out, LOG_FILE) in {str(found) for found in listing}
+        if self.resume_from is None and has_log:
+            self.files.delete(self.log_path)  # nothing to resume from: a fresh run starts a fresh log
+        elif has_log and self.remote:
+            self._log_lines = self.files.read_bytes(self.log_path).decode().splitlines()
+
+    def starting_model(self, model: Location) -> Path | str:
+        """The model directory to load: the checkpoint resumed from, else `model` (downloaded
+        first when it is a URI; a preset name or local directory as it is)."""
+        if self.resume_from is not None:
+            return self.resume_from
+        if not self.files.is_local(model):
+            return self._local_copy(str(model).rstrip("/"))
+        return model
+
+    def load_state(self, optimizer, lr_scheduler) -> int:
+        """Restore optimiser and LR schedule; return the number of steps already done."""
+        if self.resume_from is None:
+            return 0
+        state = torch.load(self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self._truncate_log(state["step"])
+        return int(state["step"])
+
+    def log(self, record: dict) -> None:
+        line = json.dumps(record)
+        if self.remote:
+            self._log_lines.append(line)
+            return
+        with Path(self.log_path).open("a") as log:
+            log.write(line + "\n")
+
+    def checkpoint(self, pipe: FPDMPipeline, optimizer, lr_scheduler, step: int) -> Path | str:
+        folder = self.files.join(self.out, f"checkpoint-{step:06d}")
+        self._upload_log()  # before the checkpoint: a resumed run finds every step up to it logged
+        state = {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
+        with self.files.staging_directory(folder) as staged:
+            pipe.save_pretrained(staged)
+            torch.save(state, staged / TRAINING_STATE)
+            publish_directory(self.files, staged, folder, TRAINING_STATE)
+        self._prune()
+        return self._location(folder)
+
+    def save_final(self, pipe: FPDMPipeline) -> Path | str:
+        """The trained model as `out`'s model directory, model_index.json last."""
+        self._upload_log()
+        with self.files.staging_directory(self.files.join(self.out, MODEL_INDEX)) as staged:
+            pipe.save_pretrained(staged)
+            publish_directory(self.files, staged, self.out, MODEL_INDEX)
+        return self.out
+
+    def _prune(self) -> None:
+        if self.keep_checkpoints is None:
+            return
+        complete, incomplete = checkpoints_in(self.files, self.out, self.files.list_files(self.out))
+        newest_step = complete[-1][0] if complete else 0
+        doomed = complete[: -self.keep_checkpoints] + [c for c in incomplete if c[0] < newest_step]
+        for _, folder in doomed:
+            retract_directory(self.files, folder, TRAINING_STATE)
+
+    def _upload_log(self) -> None:
+        if self.remote:
+            self.files.write_bytes(self.log_path, "".join(line + "\n" for line in self._log_lines).encode())
+
+    def _truncate_log(self, step: int) -> None:
+        # Steps logged after the checkpoint are redone by the resumed run; drop them so the
+        # log has each step once.
+        if self.remote:
+            self._log_lines = [line for line in self._log_lines if line.strip() and json.loads(line)["step"] <= step]
+            return
+        log_path = Path(self.log_path)
+        if not log_path.exists():
+            return
+        records = [line for line in log_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in records if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+    def _local_copy(self, location: Path | str) -> Path:
+        if not self.remote and self.files.is_local(location):
+            return Path(location)
+        if self._downloads is None:
+            self._downloads = tempfile.TemporaryDirectory(prefix="fpdm-train-")
+        target = Path(self._downloads.name) / str(len(list(Path(self._downloads.name).iterdir())))
+        return download_directory(self.files, location, target)
+
+    def _location(self, location: str) -> Path | str:
+        return location if self.remote else Path(location)
+
+
+def checkpoints_in(files: TrainingFiles, out: Location, listing: list[str]) -> tuple[list, list]:
+    """(complete, incomplete) checkpoints among `listing` (files below `out`), each a sorted list
+    of (step, folder location)."""
+    folders: dict[int, tuple[str, bool]] = {}
+    for location in listing:
+        match = CHECKPOINT_FILE.fullmatch(files.relative(location, out))
+        if match is None:
+            continue
+        step = int(match.group(1))
+        name = files.join(out, f"checkpoint-{match.group(1)}")
+        done = folders.get(step, (name, False))[1] or match.group(2) == TRAINING_STATE
+        folders[step] = (name, done)
+    complete = [(step, name) for step, (name, done) in sorted(folders.items()) if done]
+    incomplete = [(step, name) for step, (name, done) in sorted(folders.items()) if not done]
+    return complete, incomplete
+
+
+def latest_checkpoint(out: Location, files: TrainingFiles | None = None) -> Path | str | None:
+    """The newest complete checkpoint in `out` (a Path on local disk), or None."""
+    files = files or LOCAL_FILES
+    complete, _ = checkpoints_in(files, out, files.list_files(out))
+    if not complete:
+        return None
+    return Path(complete[-1][1]) if files.is_local(out) else complete[-1][1]
+
+
+def _say_incomplete(incomplete: list, newest: tuple | None) -> None:
+    skipped = [folder for step, folder in incomplete if newest is None or step > newest[0]]
+    if skipped:
+        instead = f"resuming from {newest[1]}" if newest else "no complete checkpoint: starting from the beginning"
+        logger.warning(
+            "%s: incomplete checkpoint%s (no %s: the run writing it stopped first), ignored; %s",
+            ", ".join(skipped), "s" if len(skipped) > 1 else "", TRAINING_STATE, instead,
+        )  # fmt: skip
