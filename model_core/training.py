@@ -10,6 +10,8 @@ Both trainers write into `out/`:
     train_log.jsonl          one JSON object per optimiser step (step, loss, lr; stage 1 adds top1/top5)
     checkpoint-NNNNNN/       every `checkpoint_every` steps: a model directory + training_state.pt
     model_index.json, ...    the final model directory (FPDMPipeline.save_pretrained)
+    tensorboard/             TensorBoard event files (`training_monitor`, which also draws the progress
+                             bar and stops a run whose loss turns NaN or infinite: TrainingDiverged)
 `resume=True` continues from the newest checkpoint with the same data order and noise, so an
 interrupted run and an uninterrupted one take the same steps.
 """
@@ -33,6 +35,7 @@ from .fusion import fusion_loss, retrieval_accuracy
 from .pipeline_fpdm import FPDMPipeline, resolve_device
 from .stage2 import denoise
 from .training_data import PairTensors, batch_indices, read_pairs
+from .training_monitor import Monitoring, TrainingMonitor
 
 REFERENCE_AUGMENTATION = Augmentation()
 LOG_FILE = "train_log.jsonl"
@@ -148,6 +151,7 @@ def train_fusion(
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    monitoring: Monitoring | None = None,
 ) -> TrainResult:
     """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1). `precision`:
     see PRECISIONS."""
@@ -165,6 +169,7 @@ def train_fusion(
     lr_scheduler = get_scheduler("constant", optimizer)
     done = run.load_state(optimizer, lr_scheduler)
     total = total_steps(max_steps, epochs, len(data), batch_size)
+    monitor = TrainingMonitor(monitoring, run.out, "fusion", total, done, pair_list)
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -181,9 +186,11 @@ def train_fusion(
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": result.loss.item(), "top1": result.top1, "top5": result.top5, "lr": learning_rate_used}
+        monitor.step(record, batch_size)
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    monitor.finish()
     pipe.save_pretrained(run.out)
     return TrainResult(run.out, total, record)
 
@@ -233,6 +240,7 @@ def train_diffusion(
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    monitoring: Monitoring | None = None,
 ) -> TrainResult:
     """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
     fusion projector. VAE, source encoder and the stage-1 fusion model stay frozen.
@@ -281,6 +289,7 @@ def train_diffusion(
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     done = run.load_state(optimizer, lr_scheduler)
     dropout = ConditionDropout(condition_dropout, condition_dropout_per_batch)
+    monitor = TrainingMonitor(monitoring, run.out, "diffusion", total, done, pair_list)
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -304,9 +313,11 @@ def train_diffusion(
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": step_loss, "lr": learning_rate_used}
+        monitor.step(record, batch_size * gradient_accumulation, pipe)
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    monitor.finish()
     pipe.save_pretrained(run.out)
     return TrainResult(run.out, total, record)
 

@@ -18,6 +18,7 @@ from .images import load_image, pil_to_tensor
 from .pipeline_fpdm import FPDMPipeline, resolve_device
 from .training import TrainingRun, TrainResult, total_steps
 from .training_data import batch_indices, read_pairs
+from .training_monitor import Monitoring, TrainingMonitor
 
 
 def train_vae(
@@ -34,6 +35,7 @@ def train_vae(
     resume: bool = False,
     device: str = "auto",
     seed: int = 0,
+    monitoring: Monitoring | None = None,
 ) -> TrainResult:
     """Fit the autoencoder to the pairs' photos (sources and targets), for a small model of a
     new domain whose VAE no public checkpoint covers: stage 2 learns in its latent space, so it
@@ -52,6 +54,7 @@ def train_vae(
     total = total_steps(max_steps, epochs, len(images), batch_size)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(100, total // 10), num_training_steps=total)
     done = run.load_state(optimizer, lr_scheduler)
+    monitor = TrainingMonitor(monitoring, run.out, "vae", total, done, unit="images")
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -69,9 +72,11 @@ def train_vae(
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": loss.item(), "l1": l1.item(), "lr": learning_rate_used}
+        monitor.step(record, len(batch))
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    monitor.finish()
 
     vae.eval().requires_grad_(False)
     make_encoder_deterministic(vae)
