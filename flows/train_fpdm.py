@@ -3,9 +3,10 @@ manifest (pipeline.training_runs describes it).
 
     train_fpdm   read the manifest → train stage 1 → train stage 2 → a summary artifact
 
-An operator's Retry of a failed run (a lost machine, a full disk, a diverged loss after its
-settings were fixed in the manifest) skips the stages that are done and resumes the other from
-its newest checkpoint, so days of training are not started over. The stages are not retried
+An operator's Retry of a failed run (a lost machine, a full disk, a killed process) skips the
+stages that are done and resumes the other from its newest checkpoint, so days of training are
+not started over. (A diverged loss is not for Retry: the resumed steps would replay it;
+docs/operations.md says what to do.) The stages are not retried
 automatically: a training that fails mid-way is worth a look before it goes on.
 
 The domain is in `pipeline.training_runs`; this module decides only what is a task.
