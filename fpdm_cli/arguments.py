@@ -4,6 +4,7 @@ everywhere. Command modules import nothing from each other; what they share is h
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DETECTOR_BACKENDS = ("auto", "openpose", "mediapipe")  # `keypoints` detects nothing: no use outside a run
 
@@ -147,3 +148,30 @@ def add_common_train_options(parser: argparse.ArgumentParser) -> None:
 def given_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     """The options among `names` that the user gave (those parsed with argparse.SUPPRESS as default)."""
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def add_monitor_options(parser: argparse.ArgumentParser, samples: bool = False) -> None:
+    """What a training run shows (model_core.training_monitor): TensorBoard's folder and, with
+    `samples` (stage 2), the sample grids. The parser must have argument_default=SUPPRESS."""
+    parser.add_argument(
+        "--tensorboard-dir", dest="tensorboard_dir", type=Path, metavar="DIR",
+        help="where the TensorBoard event files go (default OUT/tensorboard); watch with `tensorboard --logdir DIR`",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar on a terminal")
+    if samples:
+        parser.add_argument(
+            "--sample-every", dest="sample_every", type=positive_int, metavar="N",
+            help="every N steps, generate the evaluation pairs into a TensorBoard image grid (source | generated | "
+            "target) with `fpdm eval`'s metrics (default: no samples)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--eval-pairs", dest="eval_pairs", type=Path, metavar="CSV",
+            help="held-out pairs CSV for --sample-every; its first --eval-count pairs are used (default: the "
+            "first of the training pairs)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--eval-count", dest="eval_count", type=positive_int, metavar="N", help="evaluation pairs (default 4)"
+        )
+
+
+MONITOR_OPTIONS = ("tensorboard_dir", "sample_every", "eval_pairs", "eval_count")

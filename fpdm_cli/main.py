@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from fpdm_cli import catalog_commands, model_commands, photo_commands, training_commands
-from model_core.errors import InputError
+from model_core.errors import InputError, TrainingDiverged
 
 # The commands by what users do with them, in the order `fpdm --help` lists them. Every module
 # has `register(subparsers)`, which adds its commands and sets `run` on each to the function that
@@ -23,6 +23,7 @@ COMMAND_MODULES = (
 
 # argparse exits 2 on a usage error; a bad input file is the same kind of mistake.
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the command ran and failed: a training run that diverged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +55,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
 
 
-def report_error(message: str) -> int:
+def report_error(message: str, exit_code: int = EXIT_BAD_INPUT) -> int:
     # One line, whatever the message carries (some quote an underlying library's error).
     one_line = " ".join(message.splitlines())
     print(f"fpdm: error: {one_line}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = args.run(args)  # None means success
     except InputError as error:
         return report_error(str(error))
+    except TrainingDiverged as error:
+        return report_error(str(error), EXIT_FAILED)
     except FileNotFoundError as error:
         return report_error(f"{error.filename}: {error.strerror}" if error.filename else str(error))
     except BrokenPipeError:

@@ -11,11 +11,13 @@ import argparse
 import json
 
 from fpdm_cli.arguments import (
+    MONITOR_OPTIONS,
     TRAIN_DIFFUSION_OPTIONS,
     TRAIN_FUSION_OPTIONS,
     TRAIN_OPTIONS,
     add_common_train_options,
     add_device_argument,
+    add_monitor_options,
     add_precision_argument,
     add_scheduler_argument,
     fraction,
@@ -94,6 +96,7 @@ def register_train(subparsers) -> None:
     )
     vae.add_argument("--model", required=True, help="preset name or model directory to start from")
     add_common_train_options(vae)
+    add_monitor_options(vae)
     vae.set_defaults(run=run_train_vae)
 
     fusion = train_commands.add_parser(
@@ -107,6 +110,7 @@ def register_train(subparsers) -> None:
     fusion.add_argument("--model", required=True, help="preset name or model directory to start from")
     add_common_train_options(fusion)
     add_precision_argument(fusion)
+    add_monitor_options(fusion)
     fusion.set_defaults(run=run_train_fusion)
 
     diffusion = train_commands.add_parser(
@@ -146,13 +150,21 @@ def register_train(subparsers) -> None:
     )  # fmt: skip
     add_common_train_options(diffusion)
     add_precision_argument(diffusion)
+    add_monitor_options(diffusion, samples=True)
     diffusion.set_defaults(run=run_train_diffusion)
 
 
 def run_train_vae(args: argparse.Namespace) -> None:
     from model_core.vae_training import train_vae
 
-    result = train_vae(args.model, args.pairs, args.out, files=training_files(args), **given_options(args, TRAIN_OPTIONS))
+    result = train_vae(
+        args.model,
+        args.pairs,
+        args.out,
+        files=training_files(args),
+        **given_options(args, TRAIN_OPTIONS),
+        monitoring=monitoring(args),
+    )
     print_training_summary("vae", result)
 
 
@@ -160,7 +172,7 @@ def run_train_fusion(args: argparse.Namespace) -> None:
     from model_core.training import train_fusion
 
     options = given_options(args, TRAIN_FUSION_OPTIONS)
-    result = train_fusion(args.model, args.pairs, args.out, files=training_files(args), **options)
+    result = train_fusion(args.model, args.pairs, args.out, files=training_files(args), **options, monitoring=monitoring(args))
     print_training_summary("fusion", result)
 
 
@@ -172,7 +184,7 @@ def run_train_diffusion(args: argparse.Namespace) -> None:
         from model_core.augmentation import Augmentation
 
         options["augmentation"] = Augmentation.off()
-    result = train_diffusion(args.model, args.pairs, args.out, files=training_files(args), **options)
+    result = train_diffusion(args.model, args.pairs, args.out, files=training_files(args), **options, monitoring=monitoring(args))
     print_training_summary("diffusion", result)
 
 
@@ -184,6 +196,12 @@ def training_files(args: argparse.Namespace):
 
         return S3TrainingFiles()
     return None
+
+
+def monitoring(args: argparse.Namespace):
+    from model_core.training_monitor import Monitoring
+
+    return Monitoring(progress=False if getattr(args, "no_progress", False) else None, **given_options(args, MONITOR_OPTIONS))
 
 
 def print_training_summary(stage: str, result) -> None:

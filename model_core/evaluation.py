@@ -59,6 +59,8 @@ class Evaluation:
     model: str
     scores: list[PairScore]
     notices: list[str] = field(default_factory=list)
+    # With keep_images: (source, generated, target) of each pair, in the model's frame.
+    images: list[tuple[Image.Image, Image.Image, Image.Image]] = field(default_factory=list, repr=False)
 
     def means(self) -> dict[str, float]:
         return {name: float(np.mean([getattr(s, name) for s in self.scores])) for name in METRICS}
@@ -166,11 +168,13 @@ def evaluate_pairs(
     batch_size: int = 8,
     copy_source: bool = False,
     scheduler: str | None = None,
+    keep_images: bool = False,
 ) -> Evaluation:
     """Generate every pair (or, with copy_source, take the source photo as the answer: the
     baseline any pose transfer must beat) and score it against its target. The pipe gives the
     frame (and, unless copy_source, the images); seeds are `seed + pair index`; `scheduler`
-    names a diffusers scheduler class to sample with instead of the model's own."""
+    names a diffusers scheduler class to sample with instead of the model's own. `keep_images`
+    keeps each pair's images in `Evaluation.images` (training's sample grids)."""
     geometry: ModelGeometry = pipe.geometry
     photos: dict[str, object] = {}  # a catalog's pairs share photos: each is read once
 
@@ -216,4 +220,5 @@ def evaluate_pairs(
         "LPIPS and FID skipped: they need pretrained networks (the lpips package and Inception "
         "weights), which are not installed here and are never downloaded"
     ]
-    return Evaluation(method, pipe.name, scores, notices)
+    kept = [(geometry.photo(sources[i]), generated[i], targets[i]) for i in range(len(pairs))] if keep_images else []
+    return Evaluation(method, pipe.name, scores, notices, kept)

@@ -10,6 +10,8 @@ Both trainers write into `out/`:
     train_log.jsonl          one JSON object per optimiser step (step, loss, lr; stage 1 adds top1/top5)
     checkpoint-NNNNNN/       every `checkpoint_every` steps: a model directory + training_state.pt
     model_index.json, ...    the final model directory (FPDMPipeline.save_pretrained)
+    tensorboard/             TensorBoard event files (`training_monitor`, which also draws the progress
+                             bar and stops a run whose loss turns NaN or infinite: TrainingDiverged)
 `resume=True` continues from the newest checkpoint with the same data order and noise, so an
 interrupted run and an uninterrupted one take the same steps. `files` (model_core.training_files)
 reads pairs and writes `out` elsewhere than on local disk (S3: pipeline.training_storage);
@@ -18,6 +20,7 @@ reads pairs and writes `out` elsewhere than on local disk (S3: pipeline.training
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from .sample_seeding import SampleDraws, sample_seeded_dropout
 from .stage2 import denoise
 from .training_data import PairTensors, batch_indices, read_pairs  # noqa: F401 (batch_indices: re-exported)
 from .training_files import TrainingFiles
+from .training_monitor import TENSORBOARD_FOLDER, Monitoring, TrainingMonitor
 from .training_run import LOG_FILE, TRAINING_STATE, TrainingRun, latest_checkpoint  # noqa: F401 - re-exported
 
 REFERENCE_AUGMENTATION = Augmentation()
@@ -79,6 +83,17 @@ def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
     with distributed.main_first(world):
         done = run.load_state(optimizer, lr_scheduler)
     return done
+
+
+def open_monitor(monitoring: Monitoring | None, run: TrainingRun, world: World, stage: str, total: int, done: int,
+                 pairs=None, unit: str = "pairs") -> TrainingMonitor:  # fmt: skip
+    """The run's progress bar and event files, written by rank 0 only. An S3 run's event files
+    are written locally (TensorBoard appends to them) and uploaded with each checkpoint."""
+    settings = monitoring or Monitoring()
+    settings = dataclasses.replace(settings, enabled=settings.enabled and world.is_main)
+    if run.remote and settings.tensorboard_dir is None and settings.enabled:
+        settings = dataclasses.replace(settings, tensorboard_dir=run.local_folder(TENSORBOARD_FOLDER))
+    return TrainingMonitor(settings, run.out, stage, total, done, pairs, unit=unit)
 
 
 def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World):
@@ -136,6 +151,7 @@ def train_fusion(
     seed: int = 0,
     loader_workers: int | None = None,
     files: TrainingFiles | None = None,
+    monitoring: Monitoring | None = None,
 ) -> TrainResult:
     """Fine-tune the fusion encoder and Combiner contrastively (FPDM.md, stage 1). `precision`:
     see PRECISIONS. Under torchrun, `batch_size` is the global batch (`distributed`);
@@ -146,12 +162,12 @@ def train_fusion(
     with distributed.joined(device) as world:
         return _train_fusion(world, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
                              temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed,
-                             loader_workers, files, keep_checkpoints)  # fmt: skip
+                             loader_workers, files, keep_checkpoints, monitoring)  # fmt: skip
 
 
 def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
                   temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed, loader_workers,
-                  files, keep_checkpoints):  # fmt: skip
+                  files, keep_checkpoints, monitoring):  # fmt: skip
     run = open_run(out, resume, world, files, keep_checkpoints)
     pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     if pipe.fusion is None:
@@ -166,6 +182,7 @@ def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_
     total = total_steps(max_steps, epochs, len(data), batch_size)
     trainer = Trainer([fusion], world)
     batches = iter(training_loader(MicroBatches(data, batch_size, seed, world), done, total, loader_workers, world))
+    monitor = open_monitor(monitoring, run, world, "fusion", total, done, pair_list)
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -190,10 +207,12 @@ def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": result.loss.item(), "top1": result.top1, "top5": result.top5, "lr": learning_rate_used}
+        monitor.step(record, batch_size)  # on every rank: a NaN stops them all
         if world.is_main:
             run.log(record)
             if step % checkpoint_every == 0 and step < total:
                 run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    monitor.finish()
     return TrainResult(save_final(pipe, run, world), total, record)
 
 
@@ -245,6 +264,7 @@ def train_diffusion(
     seed: int = 0,
     loader_workers: int | None = None,
     files: TrainingFiles | None = None,
+    monitoring: Monitoring | None = None,
 ) -> TrainResult:
     """Train the conditional LDM (FPDM.md, stage 2): UNet, pose embedding, source projector and
     fusion projector. VAE, source encoder and the stage-1 fusion model stay frozen.
@@ -279,7 +299,7 @@ def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_st
                      gradient_accumulation, learning_rate, weight_decay, max_grad_norm, warmup_fraction, lr_decay_at,
                      lr_decay_factor, condition_dropout, condition_dropout_per_batch, fusion_dropout,
                      train_source_encoder, augmentation, noise_offset, checkpoint_every, resume, keep_checkpoints, device,
-                     precision, seed, loader_workers, files) -> TrainResult:  # fmt: skip
+                     precision, seed, loader_workers, files, monitoring) -> TrainResult:  # fmt: skip
     run = open_run(out, resume, world, files, keep_checkpoints)
     pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     if stage2_only and pipe.uses_fusion:
@@ -311,6 +331,7 @@ def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_st
     loader = training_loader(micro_batches, done * gradient_accumulation, total * gradient_accumulation, loader_workers, world)
     batches = iter(loader)
     dropout_modules = list(pipe.modules().values())
+    monitor = open_monitor(monitoring, run, world, "diffusion", total, done, pair_list)
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -340,10 +361,12 @@ def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_st
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": distributed.all_sum(world, step_loss), "lr": learning_rate_used}
+        monitor.step(record, batch_size * gradient_accumulation, pipe)  # on every rank: a NaN stops them all
         if world.is_main:
             run.log(record)
             if step % checkpoint_every == 0 and step < total:
                 run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    monitor.finish()
     return TrainResult(save_final(pipe, run, world), total, record)
 
 

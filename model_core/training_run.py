@@ -61,6 +61,7 @@ class TrainingRun:
             self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.files.join(self.out, LOG_FILE)
         self._downloads: tempfile.TemporaryDirectory | None = None
+        self._mirrored: dict[str, Path] = {}  # name below `out` -> the local folder uploaded there
 
         listing = self.files.list_files(self.out)
         complete, incomplete = checkpoints_in(self.files, self.out, listing)
@@ -135,9 +136,23 @@ class TrainingRun:
         for _, folder in doomed:
             retract_directory(self.files, folder, TRAINING_STATE)
 
+    def local_folder(self, name: str) -> Path:
+        """A local folder for files that grow during the run (TensorBoard appends to its event
+        files, S3 cannot): on S3 they are copied to `out/name` with the log, before each checkpoint
+        and at the end."""
+        if self._downloads is None:
+            self._downloads = tempfile.TemporaryDirectory(prefix="fpdm-train-")
+        folder = Path(self._downloads.name) / f"mirror-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._mirrored[name] = folder
+        return folder
+
     def _upload_log(self) -> None:
         if self.remote:
             self.files.write_bytes(self.log_path, "".join(line + "\n" for line in self._log_lines).encode())
+            for name, folder in self._mirrored.items():
+                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    self.files.write_bytes(self.files.join(self.out, name, *path.relative_to(folder).parts), path.read_bytes())
 
     def _truncate_log(self, step: int) -> None:
         # Steps logged after the checkpoint are redone by the resumed run; drop them so the

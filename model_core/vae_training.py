@@ -18,9 +18,10 @@ from . import distributed
 from .distributed import Trainer, World
 from .loading import PhotoBatches
 from .pipeline_fpdm import FPDMPipeline
-from .training import TrainResult, load_state, open_run, save_final, starting_model, total_steps, training_loader
+from .training import TrainResult, load_state, open_monitor, open_run, save_final, starting_model, total_steps, training_loader
 from .training_data import read_pairs
 from .training_files import TrainingFiles
+from .training_monitor import Monitoring
 
 
 def train_vae(
@@ -40,6 +41,7 @@ def train_vae(
     seed: int = 0,
     loader_workers: int | None = None,
     files: TrainingFiles | None = None,
+    monitoring: Monitoring | None = None,
 ) -> TrainResult:
     """Fit the autoencoder to the pairs' photos (sources and targets), for a small model of a
     new domain whose VAE no public checkpoint covers: stage 2 learns in its latent space, so it
@@ -51,13 +53,13 @@ def train_vae(
     options = dict(max_steps=max_steps, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                    kl_weight=kl_weight, checkpoint_every=checkpoint_every, resume=resume, seed=seed,
                    loader_workers=loader_workers, files=files,
-                   keep_checkpoints=keep_checkpoints)  # fmt: skip
+                   keep_checkpoints=keep_checkpoints, monitoring=monitoring)  # fmt: skip
     with distributed.joined(device) as world:
         return _train_vae(world, model, pair_list, out, **options)
 
 
 def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, batch_size, learning_rate, kl_weight,
-               checkpoint_every, resume, seed, loader_workers, files, keep_checkpoints) -> TrainResult:  # fmt: skip
+               checkpoint_every, resume, seed, loader_workers, files, keep_checkpoints, monitoring) -> TrainResult:  # fmt: skip
     run = open_run(out, resume, world, files, keep_checkpoints)
     pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     photos = sorted({path for pair in pair_list for path in (pair.source_image, pair.target_image)})
@@ -71,6 +73,7 @@ def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, 
     done = load_state(run, optimizer, lr_scheduler, world)
     trainer = Trainer([vae], world)
     batches = iter(training_loader(data, done, total, loader_workers, world))
+    monitor = open_monitor(monitoring, run, world, "vae", total, done, unit="images")
 
     record: dict = {}
     for step in range(done + 1, total + 1):
@@ -85,10 +88,12 @@ def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, 
         lr_scheduler.step()
         mean_loss, mean_l1 = (distributed.all_sum(world, value.item() * weight / world.size) for value in (loss, l1))
         record = {"step": step, "loss": mean_loss, "l1": mean_l1, "lr": learning_rate_used}
+        monitor.step(record, batch_size)  # on every rank: a NaN stops them all
         if world.is_main:
             run.log(record)
             if step % checkpoint_every == 0 and step < total:
                 run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    monitor.finish()
 
     vae.eval().requires_grad_(False)
     make_encoder_deterministic(vae)

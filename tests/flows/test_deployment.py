@@ -185,6 +185,7 @@ def test_a_sharded_nightly_through_two_workers_completes_every_job_once(prefect_
         assert nightly.concurrency_options.collision_strategy == "CANCEL_NEW"
         shard_deployment = client.read_deployment_by_name("pose-variants/nightly-pose-variants-shards")
         assert shard_deployment.global_concurrency_limit is None
+        assert client.read_deployment_by_name("train-fpdm/train-fpdm").work_pool_name == "gpu-pool"  # deployed with the rest
         # The nightly's own parameters but for where and how small: its shards go to the shard deployment.
         parent = run_deployment(
             "pose-variants/nightly-pose-variants",
