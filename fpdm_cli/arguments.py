@@ -15,7 +15,7 @@ TRAIN_OPTIONS = (
     "max_steps", "epochs", "batch_size", "learning_rate", "checkpoint_every", "resume", "keep_checkpoints", "device", "seed",
     "loader_workers",
 )  # fmt: skip
-TRAIN_FUSION_OPTIONS = (*TRAIN_OPTIONS, "precision")
+TRAIN_FUSION_OPTIONS = (*TRAIN_OPTIONS, "precision", "optimizer")
 TRAIN_DIFFUSION_OPTIONS = (
     *TRAIN_FUSION_OPTIONS,
     "stage2_only",
@@ -70,6 +70,14 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         help="auto, bf16 or fp32 (model_core.training.PRECISIONS). bf16: bf16 autocast over float32 weights; fp32: float32 throughout; auto (default): bf16 on CUDA, "
         "fp32 elsewhere",
     )
+
+
+def add_optimizer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--optimizer", metavar="NAME", choices=("adamw", "sgd"),
+        help="adamw (default, the reference's) or sgd: no optimiser state, for smoke runs of a large model on a small "
+        "machine, not a recipe (model_core.training.OPTIMIZERS)",
+    )  # fmt: skip
 
 
 def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from fpdm_cli.arguments import (
     add_common_train_options,
     add_device_argument,
     add_monitor_options,
+    add_optimizer_argument,
     add_precision_argument,
     add_scheduler_argument,
     fraction,
@@ -110,6 +111,7 @@ def register_train(subparsers) -> None:
     fusion.add_argument("--model", required=True, help="preset name or model directory to start from")
     add_common_train_options(fusion)
     add_precision_argument(fusion)
+    add_optimizer_argument(fusion)
     add_monitor_options(fusion)
     fusion.set_defaults(run=run_train_fusion)
 
@@ -150,6 +152,7 @@ def register_train(subparsers) -> None:
     )  # fmt: skip
     add_common_train_options(diffusion)
     add_precision_argument(diffusion)
+    add_optimizer_argument(diffusion)
     add_monitor_options(diffusion, samples=True)
     diffusion.set_defaults(run=run_train_diffusion)
 

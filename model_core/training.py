@@ -121,6 +121,25 @@ def check_precision(precision: str) -> None:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
+# "adamw" is the reference's (both stages). "sgd" (no momentum) keeps no state: a step needs the
+# weights and their gradients only, which is how the production architecture's training step is
+# tested on a 24 GB CPU machine (tests/model_core/test_production_architecture.py), where AdamW's
+# two moments of the 868 M-parameter UNet (7 GB in float32) would not fit beside it. Not a recipe.
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise InputError(f"optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def make_optimizer(name: str, parameters, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    check_optimizer(name)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=learning_rate, weight_decay=weight_decay)
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+
+
 def autocast(device: torch.device, precision: str = "auto"):
     check_precision(precision)
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
@@ -148,6 +167,7 @@ def train_fusion(
     keep_checkpoints: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    optimizer: str = "adamw",
     seed: int = 0,
     loader_workers: int | None = None,
     files: TrainingFiles | None = None,
@@ -158,16 +178,17 @@ def train_fusion(
     `loader_workers` None: `loading.default_loader_workers`. The contrastive loss sees the
     whole global batch: every rank's embeddings are gathered."""
     check_precision(precision)
+    check_optimizer(optimizer)
     pair_list = read_pairs(pairs, files)
     with distributed.joined(device) as world:
         return _train_fusion(world, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
                              temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed,
-                             loader_workers, files, keep_checkpoints, monitoring)  # fmt: skip
+                             loader_workers, files, keep_checkpoints, monitoring, optimizer)  # fmt: skip
 
 
 def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_size, learning_rate, weight_decay,
                   temperature, l1_weight, source_enhanced, checkpoint_every, resume, precision, seed, loader_workers,
-                  files, keep_checkpoints, monitoring):  # fmt: skip
+                  files, keep_checkpoints, monitoring, optimizer_name):  # fmt: skip
     run = open_run(out, resume, world, files, keep_checkpoints)
     pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     if pipe.fusion is None:
@@ -176,7 +197,7 @@ def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_
     batch_size = min(batch_size, len(data))
     distributed.check_batch(world, batch_size)
     fusion = pipe.fusion.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(fusion.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    optimizer = make_optimizer(optimizer_name, fusion.parameters(), learning_rate, weight_decay)
     lr_scheduler = get_scheduler("constant", optimizer)
     done = load_state(run, optimizer, lr_scheduler, world)
     total = total_steps(max_steps, epochs, len(data), batch_size)
@@ -261,6 +282,7 @@ def train_diffusion(
     keep_checkpoints: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    optimizer: str = "adamw",
     seed: int = 0,
     loader_workers: int | None = None,
     files: TrainingFiles | None = None,
@@ -288,8 +310,10 @@ def train_diffusion(
       None: `loading.default_loader_workers`.
     """
     check_precision(precision)
+    check_optimizer(optimizer)
     settings = dict(locals())  # every keyword option, passed on as it is
     del settings["model"], settings["pairs"], settings["out"]
+    settings["optimizer_name"] = settings.pop("optimizer")
     pair_list = read_pairs(pairs, files)
     with distributed.joined(device) as world:
         return _train_diffusion(world, model, pair_list, out, **settings)
@@ -299,7 +323,7 @@ def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_st
                      gradient_accumulation, learning_rate, weight_decay, max_grad_norm, warmup_fraction, lr_decay_at,
                      lr_decay_factor, condition_dropout, condition_dropout_per_batch, fusion_dropout,
                      train_source_encoder, augmentation, noise_offset, checkpoint_every, resume, keep_checkpoints, device,
-                     precision, seed, loader_workers, files, monitoring) -> TrainResult:  # fmt: skip
+                     precision, optimizer_name, seed, loader_workers, files, monitoring) -> TrainResult:  # fmt: skip
     run = open_run(out, resume, world, files, keep_checkpoints)
     pipe = FPDMPipeline.from_pretrained(starting_model(run, model, world), device=world.device, dtype=torch.float32)
     if stage2_only and pipe.uses_fusion:
@@ -318,7 +342,7 @@ def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_st
     if pipe.fusion is not None and fusion_dropout:
         pipe.fusion.combiner.train()  # dropout only: its weights stay frozen
     parameters = [p for module in trainable for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = make_optimizer(optimizer_name, parameters, learning_rate, weight_decay)
     total = total_steps(max_steps, epochs, len(data), batch_size, gradient_accumulation)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_step_decay(total, warmup_fraction, lr_decay_at, lr_decay_factor)
