@@ -260,3 +260,17 @@ def test_a_gradient_clip_and_weight_decay_are_still_there_to_choose(pairs_csv, t
         max_grad_norm=1.0, weight_decay=1e-2,
     )  # fmt: skip
     assert clipped == [1.0, 1.0]
+
+
+def test_the_stateless_optimiser_keeps_no_state_and_unknown_ones_are_refused():
+    from model_core.training import make_optimizer
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    for name, kind, state_entries in (("adamw", torch.optim.AdamW, 3), ("sgd", torch.optim.SGD, 0)):
+        optimizer = make_optimizer(name, [weight], 0.1, 0.0)
+        weight.grad = torch.ones(3)
+        optimizer.step()
+        assert isinstance(optimizer, kind)
+        assert len(optimizer.state[weight]) == state_entries  # AdamW: step, exp_avg, exp_avg_sq
+    with pytest.raises(InputError, match="optimizer 'lion' is not one of adamw, sgd"):
+        make_optimizer("lion", [weight], 0.1, 0.0)

@@ -2,6 +2,7 @@
 progress bar, and the stop on a diverged loss."""
 
 import json
+import time
 
 import pytest
 from stick_figures import make_pairs
@@ -129,6 +130,9 @@ def test_a_resumed_run_replaces_the_steps_logged_after_its_checkpoint(tmp_path):
     for step in (1, 2, 3):
         first.step({"step": step, "loss": 1.0, "lr": 1e-4}, items=2)
     first.close()  # interrupted after step 3, resumed from the checkpoint of step 2
+    # TensorBoard reads event files in name order: time in seconds, then a per-process counter
+    # (".9" sorts after ".10"). A resumed run is a new process, a second later at least.
+    time.sleep(1.1)
     resumed = TrainingMonitor(Monitoring(), tmp_path, "fusion", total=4, done=2)
     for step in (3, 4):
         resumed.step({"step": step, "loss": 0.25, "lr": 1e-4}, items=2)
