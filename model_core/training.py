@@ -90,6 +90,9 @@ def open_monitor(monitoring: Monitoring | None, run: TrainingRun, world: World, 
     """The run's progress bar and event files, written by rank 0 only. An S3 run's event files
     are written locally (TensorBoard appends to them) and uploaded with each checkpoint."""
     settings = monitoring or Monitoring()
+    if settings.sample_every and settings.eval_pairs is None and pairs and not run.files.is_local(pairs[0].source_image):
+        # Sampling reads its pairs from local files: refuse now, not at the first sample grid.
+        raise InputError("sample grids of pairs on S3 need a local held-out pairs CSV: give eval_pairs (--eval-pairs)")
     settings = dataclasses.replace(settings, enabled=settings.enabled and world.is_main)
     if run.remote and settings.tensorboard_dir is None and settings.enabled:
         settings = dataclasses.replace(settings, tensorboard_dir=run.local_folder(TENSORBOARD_FOLDER))

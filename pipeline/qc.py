@@ -35,7 +35,7 @@ from model_core.errors import InputError
 from model_core.images import PHOTO_FILL, srgb_to_lab
 from model_core.keypoints import LEFT_RIGHT_SWAP, Keypoints, fit_image
 from pipeline.pose_detection import NoPersonFound, pck
-from pipeline.qc_figure import measure_figure, person_region
+from pipeline.qc_figure import figure_core, measure_figure, person_region
 
 if TYPE_CHECKING:  # torch and the model are only needed when a ModelReference is used
     import torch
@@ -462,8 +462,7 @@ def _source_pose(source: Image.Image, source_keypoints: Keypoints | None, detect
     try:
         found = detector.detect(source, "source photo")
     except NoPersonFound:
-        checks.metrics["source_person_found"] = False
-        checks.flag(REVIEW, "appearance not measured: no person found in the source photo")
+        checks.metrics["source_person_found"] = False  # the colours are compared figure to figure instead
         return None
     checks.metrics["source_person_found"] = True
     return found
@@ -478,6 +477,18 @@ def _appearance(
     checks: _Checks,
 ) -> None:
     if source_pose is None:
+        source_figure, picture_figure = (
+            figure_core(np.asarray(image), config.figure_min_even_border, config.colour_min_pixels) for image in (source, picture)
+        )
+        if source_figure is None or picture_figure is None:
+            which = "source photo" if source_figure is None else "image"
+            checks.flag(
+                REVIEW, f"appearance not measured: no person found in the source photo, and no figure stands out from "
+                f"the {which}'s background",
+            )  # fmt: skip
+            return
+        basis = "the figures' colours (no person found in the source photo)"
+        _grade_colours(np.asarray(source)[source_figure], np.asarray(picture)[picture_figure], basis, config, checks)
         return
     # Only body parts seen in both pictures: a full-body output of a waist-up source has legs
     # the source cannot vouch for.
@@ -488,8 +499,14 @@ def _appearance(
     if smallest < config.colour_min_pixels:
         checks.flag(REVIEW, "appearance not measured: the source and the image show too little of the same body parts")
         return
-    source_lab = srgb_to_lab(np.asarray(source)[source_region])
-    picture_lab = srgb_to_lab(np.asarray(picture)[picture_region])
+    _grade_colours(
+        np.asarray(source)[source_region], np.asarray(picture)[picture_region], "the garment's colours", config, checks
+    )
+
+
+def _grade_colours(source_rgb: np.ndarray, picture_rgb: np.ndarray, basis: str, config: QCConfig, checks: _Checks) -> None:
+    source_lab = srgb_to_lab(source_rgb)
+    picture_lab = srgb_to_lab(picture_rgb)
     in_source = _colour_coverage(picture_lab, source_lab, config.colour_tolerance)
     kept = _colour_coverage(source_lab, picture_lab, config.colour_tolerance)
     # Both ways: new colours (another garment, a hue shift) lower the first, lost colours
@@ -499,7 +516,7 @@ def _appearance(
     checks.components["colour"] = match
     checks.grade(
         match, config.colour_review_below, config.colour_fail_below,
-        f"appearance: the garment's colours differ from the source ({_pct(in_source)} of the image's "
+        f"appearance: {basis} differ from the source ({_pct(in_source)} of the image's "
         f"colours are in the source, {_pct(kept)} of the source's are kept; review below "
         f"{_pct(config.colour_review_below)}, fail below {_pct(config.colour_fail_below)})",
     )  # fmt: skip

@@ -81,6 +81,23 @@ def measure_figure(pixels: np.ndarray, target: Keypoints) -> FigureEvidence:
     )
 
 
+def figure_core(pixels: np.ndarray, min_even_border: float, min_pixels: int) -> np.ndarray | None:
+    """The figure's pixels one pixel in from its outline, whose colours blend with the
+    background (more so in a small or blurred picture); None where no figure can be told from
+    the background (an uneven border) or fewer than `min_pixels` remain. What QC compares the
+    colours of when the source photo's pose cannot be found."""
+    figure = figure_mask(pixels)
+    border = np.concatenate([figure[0], figure[-1], figure[:, 0], figure[:, -1]])
+    if 1.0 - float(border.mean()) < min_even_border:
+        return None
+    core = figure.copy()
+    core[1:] &= figure[:-1]
+    core[:-1] &= figure[1:]
+    core[:, 1:] &= figure[:, :-1]
+    core[:, :-1] &= figure[:, 1:]
+    return core if int(core.sum()) >= min_pixels else None
+
+
 def limb_half_width(keypoints: Keypoints) -> float:
     """Half a limb's thickness in pixels, from the torso's length (or the keypoints' box)."""
     points, visible = keypoints.points[:, :2], keypoints.visible

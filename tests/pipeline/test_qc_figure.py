@@ -155,3 +155,32 @@ def test_the_figure_measures_themselves(person):
     assert evidence.body_covered >= 0.9 and evidence.within_reach >= 0.95 and evidence.limbs_found == 1.0
     elsewhere = measure_figure(photo, poses[3])  # the same picture against another of the person's poses
     assert elsewhere.score < evidence.score
+
+
+def _hue_rotated(photo: Image.Image, degrees: int) -> Image.Image:
+    hsv = np.asarray(photo.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + round(degrees * 256 / 360)) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def test_without_the_sources_pose_the_colours_are_compared_figure_to_figure(person):
+    photos, poses = person
+    # The true photo in another pose: the same garment, figure to figure.
+    same = check_image(photos[1], photos[0], poses[1], NobodyDetector())
+    assert same.metrics["source_person_found"] is False
+    assert same.metrics["colour_match"] >= DEFAULT_QC.colour_review_below, same.reasons
+    assert not any(reason.startswith("appearance") for reason in same.reasons)
+    # Another garment's colours (the photo's hues turned half way round) are caught the same way.
+    other = check_image(_hue_rotated(photos[1], 180), photos[0], poses[1], NobodyDetector())
+    assert other.metrics["colour_match"] < DEFAULT_QC.colour_review_below
+    assert any(
+        r.startswith("appearance: the figures' colours (no person found in the source photo) differ") for r in other.reasons
+    )
+    # A source with no figure at all leaves the colours unmeasured, and says why.
+    backdrop = Image.new("RGB", photos[0].size, tuple(np.asarray(photos[0])[0, 0].tolist()))
+    empty = check_image(photos[1], backdrop, poses[1], NobodyDetector())
+    assert empty.metrics["colour_match"] is None
+    assert (
+        "appearance not measured: no person found in the source photo, and no figure stands out from the source photo's "
+        "background" in empty.reasons
+    )

@@ -106,6 +106,23 @@ def test_keep_checkpoints_prunes_older_complete_ones_and_a_fresh_run_refuses_the
         train_diffusion("tiny", s3_pairs, out, max_steps=4, files=files, **SETTINGS)
 
 
+@pytest.mark.slow  # trains 2 tiny steps: seconds
+def test_an_s3_run_uploads_its_tensorboard_events_and_sample_grids_need_local_eval_pairs(s3_pairs, files, local_pairs):
+    from model_core.training_monitor import Monitoring
+
+    out = "s3://catalog/runs/watched"
+    train_diffusion("tiny", s3_pairs, out, max_steps=2, files=files, **SETTINGS)
+    events = [uri for uri in files.list_files(f"{out}/tensorboard") if "events.out.tfevents" in uri]
+    assert len(events) == 1 and files.read_bytes(events[0])
+
+    with pytest.raises(InputError, match="sample grids of pairs on S3 need a local held-out pairs CSV"):
+        train_diffusion("tiny", s3_pairs, "s3://catalog/runs/grids", max_steps=2, files=files,
+                        monitoring=Monitoring(sample_every=1), **SETTINGS)  # fmt: skip
+    grids = train_diffusion("tiny", s3_pairs, "s3://catalog/runs/grids", max_steps=2, files=files,
+                            monitoring=Monitoring(sample_every=2, eval_pairs=local_pairs, eval_count=1), **SETTINGS)  # fmt: skip
+    assert grids.steps == 2
+
+
 def test_pairs_on_s3_resolve_below_the_csv_and_bad_paths_are_named_by_row(s3_pairs, files):
     pairs = read_pairs(s3_pairs, files)
     assert len(pairs) == 4 and pairs[0].source_image == "s3://catalog/set/img/p000_0.png"
