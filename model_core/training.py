@@ -20,7 +20,6 @@ reads pairs and writes `out` elsewhere than on local disk (S3: pipeline.training
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +33,27 @@ from .augmentation import Augmentation
 from .distributed import Trainer, World
 from .errors import InputError
 from .fusion import fusion_loss, retrieval_accuracy
-from .loading import MicroBatches, default_loader_workers, micro_batch_loader, to_device
+from .loading import MicroBatches, to_device
 from .pipeline_fpdm import FPDMPipeline
 from .sample_seeding import SampleDraws, sample_seeded_dropout
 from .stage2 import denoise
 from .training_data import PairTensors, batch_indices, read_pairs  # noqa: F401 (batch_indices: re-exported)
 from .training_files import TrainingFiles
-from .training_monitor import TENSORBOARD_FOLDER, Monitoring, TrainingMonitor
-from .training_run import LOG_FILE, TRAINING_STATE, TrainingRun, latest_checkpoint  # noqa: F401 - re-exported
+from .training_monitor import Monitoring
+from .training_run import (  # noqa: F401 - LOG_FILE, TRAINING_STATE, TrainingRun, latest_checkpoint, total_steps: re-exported
+    LOG_FILE,
+    TRAINING_STATE,
+    TrainingRun,
+    end_step,
+    latest_checkpoint,
+    load_state,
+    open_monitor,
+    open_run,
+    save_final,
+    starting_model,
+    total_steps,
+    training_loader,
+)
 
 REFERENCE_AUGMENTATION = Augmentation()
 
@@ -51,65 +63,6 @@ class TrainResult:
     out: Path | str  # a URI when the run wrote to an object store
     steps: int
     last: dict
-
-
-# ----- the shared loop -------------------------------------------------------------------
-
-
-def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_size: int, accumulation: int = 1) -> int:
-    """`max_steps`, when given, is the run's length (as in transformers' Trainer); else `epochs`."""
-    if max_steps is not None:
-        return max_steps
-    return epochs * max(1, max(1, dataset_size // batch_size) // accumulation)
-
-
-def open_run(
-    out, resume: bool, world: World, files: TrainingFiles | None = None, keep_checkpoints: int | None = None
-) -> TrainingRun:
-    """The run's output, opened by rank 0 first (it starts or keeps the log), then by the others,
-    which only read it (the checkpoint to resume from)."""
-    with distributed.main_first(world):
-        run = TrainingRun(out, resume, files, keep_checkpoints)
-    return run
-
-
-def starting_model(run: TrainingRun, model, world: World):
-    """The model directory every rank loads (a download of an S3 one, each rank its own)."""
-    with distributed.main_first(world):
-        return run.starting_model(model)
-
-
-def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
-    with distributed.main_first(world):
-        done = run.load_state(optimizer, lr_scheduler)
-    return done
-
-
-def open_monitor(monitoring: Monitoring | None, run: TrainingRun, world: World, stage: str, total: int, done: int,
-                 pairs=None, unit: str = "pairs") -> TrainingMonitor:  # fmt: skip
-    """The run's progress bar and event files, written by rank 0 only. An S3 run's event files
-    are written locally (TensorBoard appends to them) and uploaded with each checkpoint."""
-    settings = monitoring or Monitoring()
-    if settings.sample_every and settings.eval_pairs is None and pairs and not run.files.is_local(pairs[0].source_image):
-        # Sampling reads its pairs from local files: refuse now, not at the first sample grid.
-        raise InputError("sample grids of pairs on S3 need a local held-out pairs CSV: give eval_pairs (--eval-pairs)")
-    settings = dataclasses.replace(settings, enabled=settings.enabled and world.is_main)
-    if run.remote and settings.tensorboard_dir is None and settings.enabled:
-        settings = dataclasses.replace(settings, tensorboard_dir=run.local_folder(TENSORBOARD_FOLDER))
-    return TrainingMonitor(settings, run.out, stage, total, done, pairs, unit=unit)
-
-
-def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World):
-    """The final model, written by rank 0 (model_index.json last); returns where it is."""
-    if world.is_main:
-        run.save_final(pipe)
-    distributed.barrier(world)
-    return run.out
-
-
-def training_loader(dataset, done_micro_steps: int, total_micro_steps: int, workers: int | None, world: World):
-    workers = default_loader_workers(world) if workers is None else workers
-    return micro_batch_loader(dataset, done_micro_steps, total_micro_steps, workers, world.device)
 
 
 # How the trainable parts compute: "bf16" runs the forward pass under bf16 autocast over float32
@@ -231,11 +184,7 @@ def _train_fusion(world: World, model, pair_list, out, max_steps, epochs, batch_
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": result.loss.item(), "top1": result.top1, "top5": result.top5, "lr": learning_rate_used}
-        monitor.step(record, batch_size)  # on every rank: a NaN stops them all
-        if world.is_main:
-            run.log(record)
-            if step % checkpoint_every == 0 and step < total:
-                run.checkpoint(pipe, optimizer, lr_scheduler, step)
+        end_step(record, batch_size, monitor, run, world, pipe, optimizer, lr_scheduler, checkpoint_every, total)
     monitor.finish()
     return TrainResult(save_final(pipe, run, world), total, record)
 
@@ -388,11 +337,8 @@ def _train_diffusion(world: World, model, pair_list, out, *, stage2_only, max_st
         optimizer.step()
         lr_scheduler.step()
         record = {"step": step, "loss": distributed.all_sum(world, step_loss), "lr": learning_rate_used}
-        monitor.step(record, batch_size * gradient_accumulation, pipe)  # on every rank: a NaN stops them all
-        if world.is_main:
-            run.log(record)
-            if step % checkpoint_every == 0 and step < total:
-                run.checkpoint(pipe, optimizer, lr_scheduler, step)
+        end_step(record, batch_size * gradient_accumulation, monitor, run, world, pipe, optimizer, lr_scheduler,
+                 checkpoint_every, total, sample=True)  # fmt: skip
     monitor.finish()
     return TrainResult(save_final(pipe, run, world), total, record)
 

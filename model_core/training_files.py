@@ -107,18 +107,7 @@ class LocalTrainingFiles(TrainingFiles):
         return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
 
     def write_bytes(self, location: Location, data: bytes) -> None:
-        path = Path(_local(location))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_file_whole(Path(_local(location)), data)
 
     def put_file(self, local_path: Path, location: Location) -> None:
         path = Path(_local(location))
@@ -221,3 +210,19 @@ def object_path_problem(value: str) -> str | None:
     if any(segment == "" for segment in segments):
         return "has an empty folder name ('//' or a trailing '/')"
     return None
+
+
+def write_file_whole(path: Path, data: bytes) -> None:
+    """Write a local file whole or not at all: a hidden `.partial` file beside it, synced, then
+    renamed over it, so a reader (or a crash) never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

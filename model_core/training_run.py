@@ -15,6 +15,7 @@ the steps after the last checkpoint, which the resumed run takes again anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -23,7 +24,10 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
+from .distributed import World
 from .errors import InputError
+from .loading import default_loader_workers, micro_batch_loader
 from .pipeline_fpdm import MODEL_INDEX, FPDMPipeline
 from .training_files import (
     LOCAL_FILES,
@@ -33,6 +37,7 @@ from .training_files import (
     publish_directory,
     retract_directory,
 )
+from .training_monitor import TENSORBOARD_FOLDER, Monitoring, TrainingMonitor
 
 LOG_FILE = "train_log.jsonl"
 TRAINING_STATE = "training_state.pt"
@@ -213,3 +218,75 @@ def _say_incomplete(incomplete: list, newest: tuple | None) -> None:
             "%s: incomplete checkpoint%s (no %s: the run writing it stopped first), ignored; %s",
             ", ".join(skipped), "s" if len(skipped) > 1 else "", TRAINING_STATE, instead,
         )  # fmt: skip
+
+
+# ----- the steps every trainer shares, for one process or many (distributed) -----------------
+
+
+def total_steps(max_steps: int | None, epochs: int, dataset_size: int, batch_size: int, accumulation: int = 1) -> int:
+    """`max_steps`, when given, is the run's length (as in transformers' Trainer); else `epochs`."""
+    if max_steps is not None:
+        return max_steps
+    return epochs * max(1, max(1, dataset_size // batch_size) // accumulation)
+
+
+def open_run(
+    out, resume: bool, world: World, files: TrainingFiles | None = None, keep_checkpoints: int | None = None
+) -> TrainingRun:
+    """The run's output, opened by rank 0 first (it starts or keeps the log), then by the others,
+    which only read it (the checkpoint to resume from)."""
+    with distributed.main_first(world):
+        run = TrainingRun(out, resume, files, keep_checkpoints)
+    return run
+
+
+def starting_model(run: TrainingRun, model, world: World):
+    """The model directory every rank loads (a download of an S3 one, each rank its own)."""
+    with distributed.main_first(world):
+        return run.starting_model(model)
+
+
+def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
+    with distributed.main_first(world):
+        done = run.load_state(optimizer, lr_scheduler)
+    return done
+
+
+def open_monitor(monitoring: Monitoring | None, run: TrainingRun, world: World, stage: str, total: int, done: int,
+                 pairs=None, unit: str = "pairs") -> TrainingMonitor:  # fmt: skip
+    """The run's progress bar and event files, written by rank 0 only. An S3 run's event files
+    are written locally (TensorBoard appends to them) and uploaded with each checkpoint."""
+    settings = monitoring or Monitoring()
+    if settings.sample_every and settings.eval_pairs is None and pairs and not run.files.is_local(pairs[0].source_image):
+        # Sampling reads its pairs from local files: refuse now, not at the first sample grid.
+        raise InputError("sample grids of pairs on S3 need a local held-out pairs CSV: give eval_pairs (--eval-pairs)")
+    settings = dataclasses.replace(settings, enabled=settings.enabled and world.is_main)
+    if run.remote and settings.tensorboard_dir is None and settings.enabled:
+        settings = dataclasses.replace(settings, tensorboard_dir=run.local_folder(TENSORBOARD_FOLDER))
+    return TrainingMonitor(settings, run.out, stage, total, done, pairs, unit=unit)
+
+
+def end_step(record: dict, items: int, monitor: TrainingMonitor, run: TrainingRun, world: World, pipe: FPDMPipeline,
+             optimizer, lr_scheduler, checkpoint_every: int, total: int, sample: bool = False) -> None:  # fmt: skip
+    """After optimiser step `record["step"]` over `items` pairs or images: the monitor on every
+    rank (a NaN loss stops them all, before anything is written), then rank 0's log line and,
+    every `checkpoint_every` steps, its checkpoint. `sample`: the monitor may draw sample grids."""
+    monitor.step(record, items, pipe if sample else None)
+    step = record["step"]
+    if world.is_main:
+        run.log(record)
+        if step % checkpoint_every == 0 and step < total:
+            run.checkpoint(pipe, optimizer, lr_scheduler, step)
+
+
+def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World):
+    """The final model, written by rank 0 (model_index.json last); returns where it is."""
+    if world.is_main:
+        run.save_final(pipe)
+    distributed.barrier(world)
+    return run.out
+
+
+def training_loader(dataset, done_micro_steps: int, total_micro_steps: int, workers: int | None, world: World):
+    workers = default_loader_workers(world) if workers is None else workers
+    return micro_batch_loader(dataset, done_micro_steps, total_micro_steps, workers, world.device)

@@ -18,7 +18,17 @@ from . import distributed
 from .distributed import Trainer, World
 from .loading import PhotoBatches
 from .pipeline_fpdm import FPDMPipeline
-from .training import TrainResult, load_state, open_monitor, open_run, save_final, starting_model, total_steps, training_loader
+from .training import (
+    TrainResult,
+    end_step,
+    load_state,
+    open_monitor,
+    open_run,
+    save_final,
+    starting_model,
+    total_steps,
+    training_loader,
+)
 from .training_data import read_pairs
 from .training_files import TrainingFiles
 from .training_monitor import Monitoring
@@ -88,11 +98,7 @@ def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, 
         lr_scheduler.step()
         mean_loss, mean_l1 = (distributed.all_sum(world, value.item() * weight / world.size) for value in (loss, l1))
         record = {"step": step, "loss": mean_loss, "l1": mean_l1, "lr": learning_rate_used}
-        monitor.step(record, batch_size)  # on every rank: a NaN stops them all
-        if world.is_main:
-            run.log(record)
-            if step % checkpoint_every == 0 and step < total:
-                run.checkpoint(pipe, optimizer, lr_scheduler, step)
+        end_step(record, batch_size, monitor, run, world, pipe, optimizer, lr_scheduler, checkpoint_every, total)
     monitor.finish()
 
     vae.eval().requires_grad_(False)

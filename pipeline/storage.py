@@ -17,13 +17,13 @@ import fcntl
 import functools
 import hashlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from model_core.errors import InputError
+from model_core.training_files import write_file_whole
 
 S3_SCHEME = "s3://"
 
@@ -203,18 +203,7 @@ def write_bytes(uri: str | Path, data: bytes, content_type: str | None = None) -
         except Exception as exc:
             raise _s3_error(uri, exc) from None
         return written.get("ETag", "").strip('"') or None
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_file_whole(Path(uri), data)
     return None
 
 
