@@ -138,15 +138,6 @@ DEMO_INIT["unet"].update(
     down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 )
-# The source encoder sees the whole 64x48 photo (8x8 px patches, 64 wide) and is trained with
-# stage 2 (`--train-source-encoder`): random-initialised and frozen, tiny's 32x32 one kept only
-# a garment's mean colour.
-DEMO_INIT["source_encoder"] = {
-    "timm_model": "vit_small_patch14_dinov2",
-    "image_size": 64,
-    "timm_overrides": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
-}
-DEMO_INIT["source_projector"].update(in_dim=64)
 DEMO_INIT["vae"].update(
     down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 48, 64]
 )

@@ -39,11 +39,11 @@ step "$W/vae/model_index.json" $FPDM train vae --model demo-init "${PAIRS[@]}" -
 step "$W/stage1/model_index.json" $FPDM train fusion --model "$W/vae" "${PAIRS[@]}" --out "$W/stage1" --resume \
     --max-steps 200 --batch-size 64 --lr 1e-3 "${CPU[@]}"
 # Stage 2 with the fusion embedding: the demo model.
-step "$W/demo/model_index.json" $FPDM train diffusion --model "$W/stage1" "${PAIRS[@]}" --out "$W/demo" --resume --train-source-encoder \
+step "$W/demo/model_index.json" $FPDM train diffusion --model "$W/stage1" "${PAIRS[@]}" --out "$W/demo" --resume \
     --max-steps 2400 --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-fraction 0.04 --checkpoint-every 600 "${CPU[@]}"
 # Stage 2 alone, the same recipe without stage 1: the ablation's stage-2-only model.
 step "$W/stage2only/model_index.json" $FPDM train diffusion --model "$W/vae" --stage2-only "${PAIRS[@]}" \
-    --out "$W/stage2only" --resume --train-source-encoder --max-steps 2400 --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-fraction 0.04 \
+    --out "$W/stage2only" --resume --max-steps 2400 --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-fraction 0.04 \
     --checkpoint-every 600 "${CPU[@]}"
 
 # The ablation: every method on every held-out set, default sampling (20 steps, guidance 2).
