@@ -21,6 +21,7 @@ modules and their optimiser state, so a run saved by N ranks resumes with any ot
 
 from __future__ import annotations
 
+import datetime
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -65,7 +66,11 @@ def join(device: str = "auto") -> World:
         torch.cuda.set_device(torch_device)
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo", init_method="env://")
+        # An hour, not the default ten minutes: the other ranks wait at a barrier while rank 0
+        # uploads a checkpoint (gigabytes to S3) or draws a sample grid.
+        dist.init_process_group(
+            "nccl" if torch_device.type == "cuda" else "gloo", init_method="env://", timeout=datetime.timedelta(hours=1)
+        )
     return World(rank, size, local_rank, local_size, torch_device, owns_group)
 
 

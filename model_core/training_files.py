@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -178,13 +179,16 @@ def retract_directory(files: TrainingFiles, location: Location, marker: str) -> 
     files.delete_folder(location)
 
 
-def download_directory(files: TrainingFiles, location: Location, local_dir: Path) -> Path:
-    """Copy every file below `location` into `local_dir`; an empty folder is an InputError."""
+def download_directory(files: TrainingFiles, location: Location, local_dir: Path, skip: re.Pattern | None = None) -> Path:
+    """Copy every file below `location` into `local_dir`, but those whose path below it `skip`
+    matches (from its start); an empty folder is an InputError."""
     found = files.list_files(location)
     if not found:
         raise InputError(f"{location}: no files there")
     for remote in found:
-        files.get_file(remote, local_dir / files.relative(remote, location))
+        relative = files.relative(remote, location)
+        if skip is None or not skip.match(relative):
+            files.get_file(remote, local_dir / relative)
     return local_dir
 
 

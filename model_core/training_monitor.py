@@ -82,7 +82,7 @@ class TrainingMonitor:
         unit: str = "pairs",
     ):
         self.settings = settings = settings or Monitoring()
-        self.out = Path(out)
+        self.out = out  # a folder or an s3:// URI, named in messages as given
         self.stage = stage
         self.unit = unit
         self.training_pairs = training_pairs
@@ -92,8 +92,8 @@ class TrainingMonitor:
         if settings.enabled and settings.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
-            log_dir = Path(settings.tensorboard_dir) if settings.tensorboard_dir else self.out / TENSORBOARD_FOLDER
-            self.writer = SummaryWriter(str(log_dir), purge_step=done + 1 if done else None, flush_secs=FLUSH_SECS)
+            log_dir = Path(settings.tensorboard_dir) if settings.tensorboard_dir else Path(out) / TENSORBOARD_FOLDER
+            self.writer = SummaryWriter(str(log_dir), purge_step=done + 1, flush_secs=FLUSH_SECS)
         console = Console(stderr=True, force_terminal=settings.progress or None)
         if settings.enabled and (settings.progress or (settings.progress is None and console.is_terminal)):
             self.progress = Progress(
@@ -136,7 +136,12 @@ class TrainingMonitor:
             self.writer.add_scalar(f"train/{self.unit}_per_s", throughput, step)
         if self.progress is not None:
             self.progress.update(self._task, completed=step, loss=f"{loss:.4g}", throughput=f"{throughput:.1f} {self.unit}/s")
-        if pipe is not None and self.settings.sample_every and step % self.settings.sample_every == 0:
+        if pipe is not None:
+            self.sample_if_due(pipe, step)
+
+    def sample_if_due(self, pipe, step: int) -> None:
+        """A sample grid and metrics when `step` is a multiple of `sample_every`."""
+        if self.settings.sample_every and step % self.settings.sample_every == 0:
             self.sample(pipe, step)
 
     def sample(self, pipe, step: int) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from . import distributed
 from .distributed import World
-from .errors import InputError
+from .errors import InputError, TrainingDiverged
 from .loading import default_loader_workers, micro_batch_loader
 from .pipeline_fpdm import MODEL_INDEX, FPDMPipeline
 from .training_files import (
@@ -44,6 +44,10 @@ TRAINING_STATE = "training_state.pt"
 CHECKPOINT_FILE = re.compile(r"checkpoint-(\d+)/(.+)")
 
 logger = logging.getLogger(__name__)
+
+# A training output is also a model directory: its checkpoints, event files and log are not part
+# of the model, and a download of it as a starting model leaves them out.
+MODEL_DOWNLOAD_SKIPS = re.compile(r"(checkpoint-\d+|tensorboard)/|train_log\.jsonl$")
 
 
 class TrainingRun:
@@ -95,14 +99,16 @@ class TrainingRun:
             return self._local_copy(str(model).rstrip("/"))
         return model
 
-    def load_state(self, optimizer, lr_scheduler) -> int:
-        """Restore optimiser and LR schedule; return the number of steps already done."""
+    def load_state(self, optimizer, lr_scheduler, truncate_log: bool = True) -> int:
+        """Restore optimiser and LR schedule; return the number of steps already done.
+        `truncate_log`: drop the log's steps after the checkpoint (the writer's job: rank 0)."""
         if self.resume_from is None:
             return 0
         state = torch.load(self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self._truncate_log(state["step"])
+        if truncate_log:
+            self._truncate_log(state["step"])
         return int(state["step"])
 
     def log(self, record: dict) -> None:
@@ -115,7 +121,7 @@ class TrainingRun:
 
     def checkpoint(self, pipe: FPDMPipeline, optimizer, lr_scheduler, step: int) -> Path | str:
         folder = self.files.join(self.out, f"checkpoint-{step:06d}")
-        self._upload_log()  # before the checkpoint: a resumed run finds every step up to it logged
+        self.upload_log()  # before the checkpoint: a resumed run finds every step up to it logged
         state = {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}
         with self.files.staging_directory(folder) as staged:
             pipe.save_pretrained(staged)
@@ -126,7 +132,7 @@ class TrainingRun:
 
     def save_final(self, pipe: FPDMPipeline) -> Path | str:
         """The trained model as `out`'s model directory, model_index.json last."""
-        self._upload_log()
+        self.upload_log()
         with self.files.staging_directory(self.files.join(self.out, MODEL_INDEX)) as staged:
             pipe.save_pretrained(staged)
             publish_directory(self.files, staged, self.out, MODEL_INDEX)
@@ -152,7 +158,7 @@ class TrainingRun:
         self._mirrored[name] = folder
         return folder
 
-    def _upload_log(self) -> None:
+    def upload_log(self) -> None:
         if self.remote:
             self.files.write_bytes(self.log_path, "".join(line + "\n" for line in self._log_lines).encode())
             for name, folder in self._mirrored.items():
@@ -178,7 +184,7 @@ class TrainingRun:
         if self._downloads is None:
             self._downloads = tempfile.TemporaryDirectory(prefix="fpdm-train-")
         target = Path(self._downloads.name) / str(len(list(Path(self._downloads.name).iterdir())))
-        return download_directory(self.files, location, target)
+        return download_directory(self.files, location, target, skip=MODEL_DOWNLOAD_SKIPS)
 
     def _location(self, location: str) -> Path | str:
         return location if self.remote else Path(location)
@@ -247,8 +253,9 @@ def starting_model(run: TrainingRun, model, world: World):
 
 
 def load_state(run: TrainingRun, optimizer, lr_scheduler, world: World) -> int:
+    """Every rank restores its optimiser and schedule; only rank 0, the writer, trims the log."""
     with distributed.main_first(world):
-        done = run.load_state(optimizer, lr_scheduler)
+        done = run.load_state(optimizer, lr_scheduler, truncate_log=world.is_main)
     return done
 
 
@@ -263,20 +270,31 @@ def open_monitor(monitoring: Monitoring | None, run: TrainingRun, world: World, 
     settings = dataclasses.replace(settings, enabled=settings.enabled and world.is_main)
     if run.remote and settings.tensorboard_dir is None and settings.enabled:
         settings = dataclasses.replace(settings, tensorboard_dir=run.local_folder(TENSORBOARD_FOLDER))
-    return TrainingMonitor(settings, run.out, stage, total, done, pairs, unit=unit)
+    monitor = TrainingMonitor(settings, run.out, stage, total, done, pairs, unit=unit)
+    if settings.enabled and settings.sample_every:
+        monitor.evaluation_set()  # a bad --eval-pairs fails now, not at the first grid
+    return monitor
 
 
 def end_step(record: dict, items: int, monitor: TrainingMonitor, run: TrainingRun, world: World, pipe: FPDMPipeline,
              optimizer, lr_scheduler, checkpoint_every: int, total: int, sample: bool = False) -> None:  # fmt: skip
     """After optimiser step `record["step"]` over `items` pairs or images: the monitor on every
     rank (a NaN loss stops them all, before anything is written), then rank 0's log line and,
-    every `checkpoint_every` steps, its checkpoint. `sample`: the monitor may draw sample grids."""
-    monitor.step(record, items, pipe if sample else None)
+    every `checkpoint_every` steps, its checkpoint. `sample`: the monitor may then draw sample grids."""
+    try:
+        monitor.step(record, items)
+    except TrainingDiverged:
+        if world.is_main:
+            run.upload_log()  # on S3 the steps since the last checkpoint, up to the one before this
+        raise
     step = record["step"]
     if world.is_main:
         run.log(record)
         if step % checkpoint_every == 0 and step < total:
             run.checkpoint(pipe, optimizer, lr_scheduler, step)
+    if sample:
+        # After the checkpoint: a grid that fails costs no training.
+        monitor.sample_if_due(pipe, step)
 
 
 def save_final(pipe: FPDMPipeline, run: TrainingRun, world: World):

@@ -96,6 +96,10 @@ class QCConfig:
     # Calibrated from the synthetic catalog's smallest picture height (32x24) up; smaller
     # pictures hold too few pixels per limb to judge a figure.
     figure_min_height: int = 32
+    # The figure passes a pose only in pictures up to this height: it was calibrated at 64x48,
+    # where the detector misses small figures. In a larger picture the detector's miss is itself
+    # a sign of a malformed figure, so there the figure can earn a review, not a pass.
+    figure_pass_max_height: int = 128
 
     # --- appearance (colours) -------------------------------------------------------------
     # Colour match: the smaller of "share of the image's person pixels whose colour is in the
@@ -434,11 +438,14 @@ def _pose_from_figure(picture: Image.Image, target: Keypoints, config: QCConfig,
         checks.flag(FAIL, f"pose: {missed}, and nothing stands out from the background")
         return
     status = FAIL if score < config.figure_fail_below else REVIEW if score < config.figure_review_below else PASS
+    limit = ""
+    if status == PASS and picture.height > config.figure_pass_max_height:
+        status, limit = REVIEW, f"; a figure passes only in pictures up to {config.figure_pass_max_height} px high"
     # Even a pass says what the detector could not confirm: which way the person faces, which limb is which.
     checks.flag(
         status,
         f"pose not verified: {missed}; figure present: {evidence.describe()} (figure score {score:.2f}; "
-        f"review below {config.figure_review_below:.2f}, fail below {config.figure_fail_below:.2f})",
+        f"review below {config.figure_review_below:.2f}, fail below {config.figure_fail_below:.2f}{limit})",
     )
 
 

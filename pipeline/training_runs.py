@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from model_core.errors import InputError
-from model_core.training import train_diffusion, train_fusion
+from model_core.training import check_optimizer, check_precision, train_diffusion, train_fusion
 from model_core.training_monitor import Monitoring
 
 STAGES = {"stage1": train_fusion, "stage2": train_diffusion}
@@ -41,7 +41,7 @@ REQUIRED = ("pairs", "base_model", "output")
 OPTIONAL = ("device", "eval_pairs", "sample_every", "stage1", "stage2")
 SAMPLE_EVERY = 500
 # Set by the run itself, not by a manifest: where, from what, whether it resumes, what it shows.
-NOT_STAGE_OPTIONS = {"model", "pairs", "out", "resume", "device", "monitoring", "augmentation"}
+NOT_STAGE_OPTIONS = {"model", "pairs", "out", "resume", "device", "monitoring", "augmentation", "files"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,10 @@ def read_training_manifest(path: str | Path) -> TrainingManifest:
     if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 0:
         raise InputError(f"{path}: sample_every must be a whole number of steps, 0 or more, got {sample_every!r}")
 
+    for key in ("pairs", "base_model", "output", "eval_pairs"):
+        if "://" in str(data.get(key) or ""):
+            # Resolved against the manifest's folder, an s3:// URI would become a local path.
+            raise InputError(f"{path}: {key} {data[key]!r} is a URI; a training manifest takes local paths (or a preset name)")
     folder = path.parent
     pairs = (folder / data["pairs"]).resolve()
     if not pairs.is_file():
@@ -127,6 +131,13 @@ def _stage_options(path: Path, stage: str, options) -> dict:
             raise InputError(f"{path}: {stage}.{name} is not an option of {trainer.__name__} (options: {', '.join(allowed)})")
         if not _fits(value, hints[name]):
             raise InputError(f"{path}: {stage}.{name} must be {_describe(hints[name])}, got {value!r}")
+        # Checked now, not when the stage starts (stage 2's would come after stage 1 has trained).
+        check = {"precision": check_precision, "optimizer": check_optimizer}.get(name)
+        if check is not None:
+            try:
+                check(value)
+            except InputError as exc:
+                raise InputError(f"{path}: {stage}.{exc}") from None
     return dict(options)
 
 

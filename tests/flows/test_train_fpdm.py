@@ -98,6 +98,9 @@ def test_a_retry_after_a_failure_skips_stage_1_and_resumes_stage_2_from_its_chec
         ({"stage2": {"lr": 1e-4}}, "stage2.lr is not an option of train_diffusion"),
         ({"stage1": {"resume": False}}, "stage1.resume is not an option"),
         ({"stage2": [1, 2]}, "stage2 must be a mapping"),
+        ({"stage2": {"optimizer": "adam"}}, "stage2.optimizer 'adam' is not one of adamw, sgd"),
+        ({"stage1": {"precision": "fp16"}}, "stage1.precision 'fp16' is not one of auto, bf16, fp32"),
+        ({"output": "s3://models/run"}, "output 's3://models/run' is a URI; a training manifest takes local paths"),
     ],
 )
 def test_manifest_problems_are_named(pairs_csv, tmp_path, changes, message):

@@ -129,7 +129,6 @@ def test_stage2_on_two_gloo_processes_matches_one_process_and_resumes_with_one(p
         two / "checkpoint-000001",
         ("unet", "pose_embedding", "source_projector", "fusion_projector"),
     )
-    assert not (two / "checkpoint-000003").exists()  # rank 1 wrote nothing of its own
 
     # A checkpoint saved by two processes resumes in one, to the uninterrupted run's weights.
     resumed = tmp_path / "resumed"

@@ -85,3 +85,16 @@ def test_the_final_model_replaces_an_earlier_one_index_last(tiny, tmp_path):
 def test_uris_need_an_implementation_that_knows_them():
     with pytest.raises(InputError, match=r"s3://b/pairs.csv: not a local path.*S3TrainingFiles"):
         read_pairs("s3://b/pairs.csv")
+
+
+def test_a_training_output_downloaded_as_a_starting_model_leaves_out_checkpoints_events_and_log(tmp_path):
+    from model_core.training_files import LOCAL_FILES, download_directory
+    from model_core.training_run import MODEL_DOWNLOAD_SKIPS
+
+    out = tmp_path / "out"
+    for name in ("model_index.json", "unet/config.json", "checkpoint-000500/unet/config.json",
+                 "checkpoint-000500/training_state.pt", "tensorboard/events.out.tfevents.1", "train_log.jsonl"):  # fmt: skip
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    copy = download_directory(LOCAL_FILES, out, tmp_path / "copy", skip=MODEL_DOWNLOAD_SKIPS)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == ["model_index.json", "unet/config.json"]

@@ -139,3 +139,26 @@ def test_a_resumed_run_replaces_the_steps_logged_after_its_checkpoint(tmp_path):
     resumed.finish()
     losses = [(e.step, e.value) for e in _events(tmp_path / "tensorboard").Scalars("train/loss")]
     assert losses == [(1, 1.0), (2, 1.0), (3, 0.25), (4, 0.25)]
+
+
+def test_a_retry_from_the_start_replaces_the_events_of_the_attempt_before(tmp_path):
+    first = TrainingMonitor(Monitoring(), tmp_path, "fusion", total=4)
+    for step in (1, 2, 3):
+        first.step({"step": step, "loss": 1.0, "lr": 1e-4}, items=2)
+    first.close()  # failed before its first checkpoint: the retry starts from step 1
+    time.sleep(1.1)  # a new writer's file sorts after the old one (see above)
+    retry = TrainingMonitor(Monitoring(), tmp_path, "fusion", total=4, done=0)
+    for step in (1, 2):
+        retry.step({"step": step, "loss": 0.25, "lr": 1e-4}, items=2)
+    retry.finish()
+    losses = [(e.step, e.value) for e in _events(tmp_path / "tensorboard").Scalars("train/loss")]
+    assert losses == [(1, 0.25), (2, 0.25)]
+
+
+def test_a_bad_eval_pairs_file_fails_before_the_first_step(pairs_csv, tmp_path):
+    from model_core.errors import InputError
+
+    with pytest.raises(InputError, match="nowhere.csv"):
+        train_diffusion("tiny", pairs_csv, tmp_path / "out", max_steps=2, batch_size=2, device="cpu",
+                        monitoring=Monitoring(sample_every=1, eval_pairs=tmp_path / "nowhere.csv"))  # fmt: skip
+    assert not (tmp_path / "out" / "train_log.jsonl").exists()

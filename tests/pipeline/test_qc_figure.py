@@ -184,3 +184,14 @@ def test_without_the_sources_pose_the_colours_are_compared_figure_to_figure(pers
         "appearance not measured: no person found in the source photo, and no figure stands out from the source photo's "
         "background" in empty.reasons
     )
+
+
+def test_the_figure_passes_a_pose_only_in_pictures_as_small_as_it_was_calibrated_on(person):
+    photos, poses = person
+    small = check_image(photos[1], photos[0], poses[1], NobodyDetector(), source_keypoints=poses[0])
+    assert small.status == "pass", small.reasons
+    large = photos[1].resize((192, 256), Image.BICUBIC)  # 256 px high: above figure_pass_max_height
+    result = check_image(large, photos[0], poses[1], NobodyDetector(), source_keypoints=poses[0])
+    assert result.metrics["figure_score"] >= DEFAULT_QC.figure_review_below
+    assert result.status == "review"
+    assert result.reasons[0].endswith(f"; a figure passes only in pictures up to {DEFAULT_QC.figure_pass_max_height} px high)")
