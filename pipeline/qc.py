@@ -11,7 +11,8 @@ Checks, in order (all thresholds live in `QCConfig`):
   instead, and the reason says the detector did not verify the pose; no figure is a fail.
 - appearance: do the garment's colours in the image match the source's? Compared inside the
   person's region (torso, arms and legs drawn from the keypoints, head left out: hair and face
-  are not the garment). Needs no model weights.
+  are not the garment). Where the source photo's pose is not found, the two figures' colours
+  are compared instead (`qc_figure.figure_core`). Needs no model weights.
 - model checks, with a `ModelReference`: CLIP cosine between source and image, and FPDM
   alignment, the cosine between the fusion embedding (stage 1's prediction of the target's CLIP
   embedding) and the image's CLIP embedding. Both mean something only when the fusion encoder
