@@ -116,13 +116,22 @@ def join(base: str | Path, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-@lru_cache(maxsize=1)
 def _client():
+    return _process_client(os.getpid())
+
+
+@lru_cache(maxsize=1)
+def _process_client(pid: int):
     import boto3
     from botocore.config import Config
 
-    # One client per process: boto3 clients are thread-safe and costly to create.
+    # One client per process: boto3 clients are thread-safe and costly to create, but a forked
+    # process (a data-loader worker, a forked flow worker) must not share its parent's
+    # connection pool, so the cache is keyed by the process.
     return boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
+
+
+_client.cache_clear = _process_client.cache_clear  # a test that starts another S3 server resets it
 
 
 def _s3_error(uri: str, exc: Exception) -> StorageError | TransientStorageError:

@@ -9,19 +9,20 @@ managed transfers (multipart above 8 MB): a UNet's weights or an optimiser state
 and a multipart upload, like a PUT, makes its object appear whole or not at all.
 
 The object pickles to nothing but its class (data loader workers get a copy); each process opens
-its own client on first use. A client is not shared across a fork: its connection pool would be.
+its own client on first use (`storage`'s client is per process: a fork does not share its pool).
+Reads, writes, listings and deletes are `storage`'s own; only the managed transfers and the batch
+delete are here.
 """
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 from model_core.training_files import LocalTrainingFiles, Location, TrainingFiles
 
 from . import storage
-from .storage import StorageError, parse_s3, retry_transient
+from .storage import StorageError, _client, parse_s3, retry_transient
 
 DELETE_BATCH = 1000  # S3's most keys per DeleteObjects request
 
@@ -35,17 +36,17 @@ class S3TrainingFiles(TrainingFiles):
     def read_bytes(self, location: Location) -> bytes:
         if self.is_local(location):
             return self._local.read_bytes(location)
-        return _read(str(location))
+        return storage.read_bytes(str(location))
 
     def list_files(self, folder: Location) -> list[str]:
         if self.is_local(folder):
             return self._local.list_files(folder)
-        return _list(str(folder).rstrip("/") + "/")
+        return storage.list_prefix(str(folder).rstrip("/") + "/")
 
     def write_bytes(self, location: Location, data: bytes) -> None:
         if self.is_local(location):
             return self._local.write_bytes(location, data)
-        _write(str(location), data)
+        storage.write_bytes(str(location), data)
 
     def put_file(self, local_path: Path, location: Location) -> None:
         if self.is_local(location):
@@ -61,7 +62,7 @@ class S3TrainingFiles(TrainingFiles):
     def delete(self, location: Location) -> None:
         if self.is_local(location):
             return self._local.delete(location)
-        _delete_keys(str(location), [parse_s3(str(location)).key])
+        storage.delete(str(location))
 
     def delete_folder(self, folder: Location) -> None:
         if self.is_local(folder):
@@ -76,55 +77,12 @@ class S3TrainingFiles(TrainingFiles):
         return super().staging_directory(location)
 
 
-def _client():
-    return _process_client(os.getpid(), os.environ.get("AWS_ENDPOINT_URL"))
-
-
-@lru_cache(maxsize=4)
-def _process_client(pid: int, endpoint: str | None):
-    # Keyed by the process (a forked worker opens its own) and the endpoint (tests start a server each).
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", config=Config(retries={"mode": "adaptive", "max_attempts": 8}))
-
-
 def _error(uri: str, exc: Exception) -> Exception:
     from boto3.exceptions import S3UploadFailedError
 
     if isinstance(exc, S3UploadFailedError) and (exc.__cause__ or exc.__context__) is not None:
         exc = exc.__cause__ or exc.__context__  # the ClientError or connection error it wraps
     return storage._s3_error(uri, exc)
-
-
-@retry_transient
-def _read(uri: str) -> bytes:
-    location = parse_s3(uri)
-    try:
-        return _client().get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
-    except Exception as exc:  # botocore raises many unrelated classes
-        raise _error(uri, exc) from None
-
-
-@retry_transient
-def _list(prefix: str) -> list[str]:
-    location = parse_s3(prefix)
-    found = []
-    try:
-        for page in _client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key):
-            found += [f"{storage.S3_SCHEME}{location.bucket}/{item['Key']}" for item in page.get("Contents", [])]
-    except Exception as exc:
-        raise _error(prefix, exc) from None
-    return sorted(found)
-
-
-@retry_transient
-def _write(uri: str, data: bytes) -> None:
-    location = parse_s3(uri)
-    try:
-        _client().put_object(Bucket=location.bucket, Key=location.key, Body=data)
-    except Exception as exc:
-        raise _error(uri, exc) from None
 
 
 @retry_transient
