@@ -68,17 +68,21 @@ class FigureEvidence:
 def measure_figure(pixels: np.ndarray, target: Keypoints) -> FigureEvidence:
     """The figure of `pixels` (uint8 RGB) against `target` (keypoints on the picture's canvas)."""
     figure = figure_mask(pixels)
-    border = np.concatenate([figure[0], figure[-1], figure[:, 0], figure[:, -1]])
     body = person_region(target, target.visible)
     reach = skeleton_region(target, REACH_HALF_WIDTHS * limb_half_width(target), BODY_LIMBS + HEAD_LIMBS)
     figure_pixels = int(figure.sum())
     return FigureEvidence(
-        even_border=round(1.0 - float(border.mean()), 4),
+        even_border=round(even_border(figure), 4),
         frame_share=round(float(figure.mean()), 4),
         body_covered=round(float(figure[body].mean()) if body.any() else 0.0, 4),
         within_reach=round(float((figure & reach).sum() / figure_pixels) if figure_pixels else 0.0, 4),
         limbs_found=round(pose_accuracy(figure, target), 4),
     )
+
+
+def even_border(figure: np.ndarray) -> float:
+    """Share of the frame's border that is background: the premise of the figure mask."""
+    return 1.0 - float(np.concatenate([figure[0], figure[-1], figure[:, 0], figure[:, -1]]).mean())
 
 
 def figure_core(pixels: np.ndarray, min_even_border: float, min_pixels: int) -> np.ndarray | None:
@@ -87,8 +91,7 @@ def figure_core(pixels: np.ndarray, min_even_border: float, min_pixels: int) -> 
     the background (an uneven border) or fewer than `min_pixels` remain. What QC compares the
     colours of when the source photo's pose cannot be found."""
     figure = figure_mask(pixels)
-    border = np.concatenate([figure[0], figure[-1], figure[:, 0], figure[:, -1]])
-    if 1.0 - float(border.mean()) < min_even_border:
+    if even_border(figure) < min_even_border:
         return None
     core = figure.copy()
     core[1:] &= figure[:-1]
