@@ -377,13 +377,9 @@ class ConditionDropout:
     rate: float
     per_batch: bool = False
 
-    def keep(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """(n,) of 1.0 (keep) and 0.0 (drop)."""
-        draws = torch.rand(1 if self.per_batch else n, generator=generator).expand(n)
-        return (draws >= self.rate).float()
-
-    def keep_samples(self, draws: SampleDraws) -> torch.Tensor:
-        """`keep` with each sample's own draw (per batch: the global batch's one draw)."""
+    def keep(self, draws: SampleDraws) -> torch.Tensor:
+        """One per sample, 1.0 (keep) or 0.0 (drop), from each sample's own draw (per batch: the
+        global batch's one draw)."""
         return ((draws.batch_rand() if self.per_batch else draws.rand(1)[:, 0]) >= self.rate).float()
 
 
@@ -414,7 +410,7 @@ def _diffusion_loss(
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
     def keep(shape_tail: int) -> torch.Tensor:
-        return dropout.keep_samples(draws).view(n, *([1] * shape_tail))
+        return dropout.keep(draws).view(n, *([1] * shape_tail))
 
     context = pipe.source_projector(tokens) * keep(2)
     pose_residual = pipe.pose_embedding(batch["skeleton"]) * keep(3)

@@ -195,9 +195,11 @@ def test_condition_dropout_draws_per_sample_by_default_and_per_batch_as_the_refe
 
     defaults = {name: p.default for name, p in inspect.signature(train_diffusion).parameters.items()}
     assert (defaults["condition_dropout"], defaults["condition_dropout_per_batch"]) == (0.2, False)
-    generator = torch.Generator().manual_seed(0)
-    per_sample = torch.stack([ConditionDropout(0.2).keep(8, generator) for _ in range(500)])
-    per_batch = torch.stack([ConditionDropout(0.2, per_batch=True).keep(8, generator) for _ in range(500)])
+    from model_core.sample_seeding import SampleDraws
+
+    batches = [SampleDraws(0, micro_step, list(range(8)), torch.device("cpu")) for micro_step in range(500)]
+    per_sample = torch.stack([ConditionDropout(0.2).keep(draws) for draws in batches])
+    per_batch = torch.stack([ConditionDropout(0.2, per_batch=True).keep(draws) for draws in batches])
     for keep in (per_sample, per_batch):
         assert set(keep.unique().tolist()) == {0.0, 1.0} and 1 - keep.mean().item() == pytest.approx(0.2, abs=0.03)
     mixed = (per_sample.min(dim=1).values != per_sample.max(dim=1).values).float().mean().item()
