@@ -8,10 +8,17 @@ would add 7 GB to its weights and gradients, so the training steps use the state
 (`optimizer="sgd"`, model_core.training.OPTIMIZERS); everything else is the trainers' own path
 (float32 master weights, the reference's stage-2 recipe, augmentations on). Measured here: 11.2 GiB
 at most, about three minutes for the module (docs/measurements.md). Each test loads the model itself, so no two copies live at once.
+
+Disk: the model directory is 5.8 GiB and each training test writes a trained copy beside it, so
+the module needs about 12 GiB under pytest's temporary folder; each trained copy is deleted when
+its test has checked it, and the model when the module ends (pytest would otherwise keep them
+with its last three sessions' folders). Where less is free the module is skipped, saying so.
 """
 
 import gc
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +34,26 @@ from model_core.training import train_diffusion, train_fusion
 pytestmark = pytest.mark.slow  # minutes: a 1.5 B-parameter model on two CPU cores
 
 PARTS = ("fusion", "source_encoder", "source_projector", "fusion_projector", "pose_embedding", "unet", "vae")
+DISK_NEEDED = 12.5 * 2**30  # the model and one trained copy, 5.8 GiB each, and room to spare
 
 
 @pytest.fixture(scope="module")
-def production_model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fpdm-sd21") / "model"
-    FPDMPipeline.from_config(preset_config("fpdm-sd21")).save_pretrained(folder)
+def production_model(tmp_path_factory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("fpdm-sd21")
+    free = shutil.disk_usage(root).free
+    if free < DISK_NEEDED:
+        pytest.skip(f"{root}: {free / 2**30:.1f} GiB free, the production model's tests need {DISK_NEEDED / 2**30:.1f} GiB")
+    FPDMPipeline.from_config(preset_config("fpdm-sd21")).save_pretrained(root / "model")
     gc.collect()
-    return folder
+    yield root / "model"
+    shutil.rmtree(root)
+
+
+@pytest.fixture
+def training_out(tmp_path) -> Iterator[Path]:
+    """Where a training test writes its trained copy of the model, deleted after the test."""
+    yield tmp_path / "out"
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +88,9 @@ def test_the_production_model_loads_and_samples_a_512x352_step_with_three_branch
     assert unet_batches == [torch.Size([3, 4, 64, 44])]
 
 
-def test_one_training_step_of_stage_1(production_model, pairs_csv, tmp_path):
+def test_one_training_step_of_stage_1(production_model, pairs_csv, training_out):
     result = train_fusion(
-        production_model, pairs_csv, tmp_path / "stage1", max_steps=1, batch_size=1, optimizer="sgd", device="cpu",
+        production_model, pairs_csv, training_out, max_steps=1, batch_size=1, optimizer="sgd", device="cpu",
         loader_workers=0,
     )  # fmt: skip
     assert result.steps == 1 and torch.isfinite(torch.tensor(result.last["loss"]))
@@ -81,9 +100,9 @@ def test_one_training_step_of_stage_1(production_model, pairs_csv, tmp_path):
     assert any(not torch.equal(start[name], value) for name, value in trained.state_dict().items())
 
 
-def test_one_training_step_of_stage_2(production_model, pairs_csv, tmp_path):
+def test_one_training_step_of_stage_2(production_model, pairs_csv, training_out):
     result = train_diffusion(
-        production_model, pairs_csv, tmp_path / "stage2", max_steps=1, batch_size=1, gradient_accumulation=1,
+        production_model, pairs_csv, training_out, max_steps=1, batch_size=1, gradient_accumulation=1,
         warmup_fraction=0, optimizer="sgd", device="cpu", loader_workers=0,
         condition_dropout=0.0,  # at batch 1 a dropped condition would leave its projector without a gradient
     )  # fmt: skip
