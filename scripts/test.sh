@@ -18,4 +18,5 @@ fi
 
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
-exec .venv/bin/python -m pytest -q "$@"
+# -rs: every skipped test is listed with its reason (the production model's tests skip where the disk is short).
+exec .venv/bin/python -m pytest -q -rs "$@"
