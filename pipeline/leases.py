@@ -115,7 +115,14 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease: a free output, an expired or released lease, or this run's own (a
-        Retry of the flow run). Raises OutputBusy naming the holder otherwise."""
+        Retry of the flow run). Raises OutputBusy naming the holder otherwise.
+
+        A transient storage error is tried again: a write whose answer was lost may have landed,
+        and the next try finds this run's own record there and takes it (a run that gave up
+        there would block its output, for every other run, until the lease expired)."""
+        storage.retrying(self._acquire_once, storage.TRANSIENT_RETRY_DELAYS_S)
+
+    def _acquire_once(self) -> None:
         now = _now()
         mine = LeaseRecord(
             self.run_id, self.attempt, socket.gethostname(), os.getpid(), _iso(now), _iso(now + timedelta(seconds=self.ttl_s))
@@ -142,9 +149,7 @@ class Lease:
                 return False
             renewed = replace(self.record, expires=_iso(_now() + timedelta(seconds=self.ttl_s)))
             try:
-                version = storage.write_if(self.uri, renewed.to_bytes(), self._version)
-                if version is None and (own := self._own_version()) is not None:
-                    version = storage.write_if(self.uri, renewed.to_bytes(), own)
+                version = self._replace_own(renewed)
             except Exception:  # noqa: BLE001 - storage failing: try again at the next beat; ours until it expires
                 self.lost = datetime.fromisoformat(self.record.expires) <= _now()
                 return not self.lost
@@ -153,6 +158,14 @@ class Lease:
                 return False
             self.record, self._version = renewed, version
             return True
+
+    def _replace_own(self, record: LeaseRecord) -> str | None:
+        """Write `record` over this holder's lease; its new version, or None if another run's
+        lease is there."""
+        version = storage.write_if(self.uri, record.to_bytes(), self._version)
+        if version is None and (own := self._own_version()) is not None:
+            version = storage.write_if(self.uri, record.to_bytes(), own)
+        return version
 
     def _own_version(self) -> str | None:
         """The version of the lease on storage if it is still this holder's (same run, attempt,
@@ -187,8 +200,10 @@ class Lease:
             if self.record is None or self.lost:
                 return
             released = replace(self.record, expires=_iso(_now()), released=True)
+            # Tried again on a transient error: a lease left behind blocks every other run on
+            # the output until it expires (minutes), although this run has finished.
             try:
-                storage.write_if(self.uri, released.to_bytes(), self._version)
+                storage.retrying(self._replace_own, storage.TRANSIENT_RETRY_DELAYS_S, released)
             except Exception:  # noqa: BLE001 - the run's work is done; its lease expires on its own
                 logger.warning("could not release the lease on %s; it expires at %s", self.output, self.record.expires)
             self.record = None

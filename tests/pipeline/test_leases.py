@@ -141,6 +141,7 @@ def test_a_release_that_fails_does_not_fail_the_run(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     lease = Lease(out, "run-1")
     lease.acquire()
+    monkeypatch.setattr(storage, "TRANSIENT_RETRY_DELAYS_S", (0.0, 0.0))
 
     def failing(uri, data, version):
         raise storage.TransientStorageError(f"{uri}: S3 error SlowDown (transient)")
@@ -148,6 +149,51 @@ def test_a_release_that_fails_does_not_fail_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "write_if", failing)
     lease.release()  # logged; the lease expires on its own
     assert lease.record is None
+
+
+def _flaky_writes(monkeypatch, *, landed: bool, failures: int = 1) -> list:
+    """storage.write_if raising a transient error on its first `failures` calls, after the write
+    (`landed`: its answer was lost) or instead of it; returns the list of failed calls."""
+    write_if = storage.write_if
+    failed = []
+
+    def flaky(uri, data, version):
+        if len(failed) < failures:
+            failed.append(uri)
+            if landed:
+                write_if(uri, data, version)
+            raise storage.TransientStorageError(f"{uri}: S3 unreachable (ConnectionClosedError; transient)")
+        return write_if(uri, data, version)
+
+    monkeypatch.setattr(storage, "TRANSIENT_RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(storage, "write_if", flaky)
+    return failed
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["refused", "answer-lost"])
+def test_a_release_that_meets_a_transient_error_still_frees_the_output(out, monkeypatch, landed):
+    """The chaos suite's failure: the release met an S3 error, the lease stayed, and the
+    operator's next run was refused for ten minutes by a run that had finished."""
+    lease = Lease(out, "run-1")
+    lease.acquire()
+    failed = _flaky_writes(monkeypatch, landed=landed)
+    lease.release()
+    assert failed and current_holder(out) is None
+    with Lease(out, "run-2"):
+        assert current_holder(out).run_id == "run-2"
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["refused", "answer-lost"])
+def test_an_acquire_that_meets_a_transient_error_takes_the_lease(out, monkeypatch, landed):
+    """Whether or not the first write landed, the run holds the lease once acquire returns, and
+    releases it; it never leaves behind a lease in its own name that it does not know it holds."""
+    failed = _flaky_writes(monkeypatch, landed=landed, failures=2)
+    with Lease(out, "run-1") as lease:
+        assert len(failed) == 2 and not lease.lost
+        assert current_holder(out).run_id == "run-1"
+        with pytest.raises(OutputBusy):
+            Lease(out, "run-2").acquire()
+    assert current_holder(out) is None
 
 
 def test_a_run_stops_working_once_its_lease_has_expired_even_before_a_heartbeat_says_so(tmp_path):
