@@ -6,7 +6,7 @@ component with its JSON config and safetensors weights:
     model_index.json     name, resolution, format version, components present
     fusion/              stage 1 (absent in a stage-2-only model)
     fusion_projector/    fusion embedding -> time-embedding vector (format 2; absent in format 1)
-    source_encoder/      frozen appearance encoder (timm ViT)
+    source_encoder/      frozen appearance encoder (timm ViT; format 3: or the VAE's encoder)
     source_projector/    tokens -> cross-attention context
     pose_embedding/      skeleton -> conv_in residual
     unet/ vae/           stock diffusers UNet2DConditionModel / AutoencoderKL
@@ -14,8 +14,11 @@ component with its JSON config and safetensors weights:
 
 Format 1 fed the fusion embedding to the UNet's own `projection` class embedding; format 2 adds
 the `fusion_projector` part (the reference's mlp head) before an `identity` class embedding.
-Both load. A directory is written with the oldest format that describes it, so a model without
-a fusion projector (format 1 models, stage-2-only models) keeps its files, and its checksum.
+Format 3 adds a second kind of source encoder, `VAESourceEncoder` (its config's `_class_name`
+says which); code that reads formats 1 and 2 only refuses it by its version, rather than
+failing on its weights. All three load. A directory is written with the oldest format that
+describes it, so a model without a fusion projector (format 1 models, stage-2-only models)
+keeps its files, and its checksum.
 
 Nothing is pickled and nothing is fetched from a hub: `from_pretrained` reads a local
 directory or builds a named preset.
@@ -42,17 +45,19 @@ from .images import PHOTO_FILL, SKELETON_FILL, ModelGeometry, pil_to_tensor, squ
 from .keypoints import Keypoints
 from .presets import PRESETS, ModelKind, ModelSource, resolve_model
 from .stage2 import (
+    SOURCE_ENCODERS,
     FusionProjector,
     PoseEmbedding,
     SourceEncoder,
     SourceProjector,
+    VAESourceEncoder,
     check_fusion_wiring,
     denoise,
     uses_fusion,
 )
 
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 MODEL_INDEX = "model_index.json"
 NEURAL_COMPONENTS = {
     "fusion": FusionModel,
@@ -148,7 +153,7 @@ class FPDMPipeline:
     def __init__(
         self,
         *,
-        source_encoder: SourceEncoder,
+        source_encoder: SourceEncoder | VAESourceEncoder,
         source_projector: SourceProjector,
         pose_embedding: PoseEmbedding,
         unet: UNet2DConditionModel,
@@ -187,14 +192,20 @@ class FPDMPipeline:
         has_projector = not stage2_only and "fusion_projector" in config
         scheduler_config = dict(config["scheduler"])
         scheduler_class = schedulers.scheduler_class(scheduler_config.pop("_class_name"))
-        return cls(
+        parts = dict(
             fusion=None if stage2_only else FusionModel(**config["fusion"]),
             fusion_projector=FusionProjector(**config["fusion_projector"]) if has_projector else None,
-            source_encoder=SourceEncoder(**config["source_encoder"]),
+            source_encoder=_source_encoder_from_config(config["source_encoder"]),
             source_projector=SourceProjector(**config["source_projector"]),
             pose_embedding=PoseEmbedding(**config["pose_embedding"]),
             unet=UNet2DConditionModel(**unet_config),
             vae=AutoencoderKL(**config["vae"]),
+        )
+        source_encoder = parts["source_encoder"]
+        if isinstance(source_encoder, VAESourceEncoder):
+            source_encoder.copy_vae_encoder(parts["vae"])  # it is the VAE's encoder (VAESourceEncoder)
+        return cls(
+            **parts,
             scheduler=scheduler_class.from_config(scheduler_config),
             resolution=tuple(config["resolution"]),
             name=config["name"],
@@ -232,7 +243,7 @@ class FPDMPipeline:
         if version not in READABLE_FORMAT_VERSIONS:
             raise InputError(
                 f"{index_file}: format_version {version!r}; this version of the code reads "
-                f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (a newer one wrote it?)"
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and {READABLE_FORMAT_VERSIONS[-1]} (a newer one wrote it?)"
             )
         parts = {}
         for part in index.get("components", []):
@@ -241,6 +252,8 @@ class FPDMPipeline:
             if part not in NEURAL_COMPONENTS or (part == "fusion_projector" and version < 2):
                 raise InputError(f"{index_file}: unknown component {part!r} for format_version {version}")
             parts[part] = _load_component(path, part)
+        if isinstance(parts.get("source_encoder"), VAESourceEncoder) and version < 3:
+            raise InputError(f"{index_file}: a VAESourceEncoder source encoder in a format_version {version} model")
         for required in ("source_encoder", "source_projector", "pose_embedding", "unet", "vae"):
             if required not in parts:
                 raise InputError(f"{path}: model directory is missing part {required!r} (listed in {MODEL_INDEX}: no)")
@@ -267,13 +280,20 @@ class FPDMPipeline:
         index = {
             "_class_name": type(self).__name__,
             # The oldest format that describes the directory (see the module docstring).
-            "format_version": FORMAT_VERSION if self.fusion_projector is not None else 1,
+            "format_version": self.format_version,
             "name": self.name,
             "resolution": [self.geometry.height, self.geometry.width],
             "components": [*self.modules(), "scheduler"],
         }
         (path / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return path
+
+    @property
+    def format_version(self) -> int:
+        """The oldest directory format that describes this model (see the module docstring)."""
+        if isinstance(self.source_encoder, VAESourceEncoder):
+            return 3
+        return 2 if self.fusion_projector is not None else 1
 
     def modules(self) -> dict[str, torch.nn.Module]:
         parts = {
@@ -342,8 +362,7 @@ class FPDMPipeline:
         return square_encoder_input(fitted, self.fusion.image_size, config.image_mean, config.image_std, fill)
 
     def source_encoder_pixels(self, fitted: Image.Image) -> torch.Tensor:
-        config = self.source_encoder.config
-        return square_encoder_input(fitted, config.image_size, config.image_mean, config.image_std, PHOTO_FILL)
+        return self.source_encoder.pixels(fitted)
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=self.device, dtype=self.dtype)
@@ -470,8 +489,11 @@ def _load_component(path: Path, part: str) -> torch.nn.Module:
         raise InputError(f"{path}: model directory is missing part {part!r} ({part}/config.json)")
     if not any(folder.glob("*.safetensors")):
         raise InputError(f"{path}: part {part!r} has no safetensors weights")
+    component = NEURAL_COMPONENTS[part]
+    if part == "source_encoder":
+        component = _source_encoder_class(config_file)
     try:
-        module, loading = NEURAL_COMPONENTS[part].from_pretrained(
+        module, loading = component.from_pretrained(
             folder, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False, output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
@@ -482,6 +504,22 @@ def _load_component(path: Path, part: str) -> torch.nn.Module:
         detail = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(map(str, keys[:3]))}" for kind, keys in problems.items())
         raise InputError(f"{path}: part {part!r} does not match its config ({detail})")
     return module
+
+
+def _source_encoder_class(config_file: Path) -> type:
+    try:
+        name = json.loads(config_file.read_text()).get("_class_name", SourceEncoder.__name__)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"{config_file}: unreadable ({exc})") from None
+    if name not in SOURCE_ENCODERS:
+        raise InputError(f"{config_file}: unknown source encoder {str(name)[:80]!r}; known: {', '.join(SOURCE_ENCODERS)}")
+    return SOURCE_ENCODERS[name]
+
+
+def _source_encoder_from_config(config: dict) -> SourceEncoder | VAESourceEncoder:
+    """A preset's source encoder: a timm ViT, unless its `_class_name` names another kind."""
+    config = dict(config)
+    return SOURCE_ENCODERS[config.pop("_class_name", SourceEncoder.__name__)](**config)
 
 
 def _load_scheduler(path: Path):

@@ -132,6 +132,16 @@ FPDM_SD21 = {
 DEMO_INIT = copy.deepcopy(TINY)
 DEMO_INIT["name"] = "demo-init"
 DEMO_INIT["pose_embedding"] = {"out_channels": 64, "block_out_channels": [16, 32, 64]}
+# The source encoder is the VAE's own encoder (stage2.VAESourceEncoder: 16x12 tokens of 64 features
+# and 16 of position), which `fpdm train vae` pretrains; a random ViT, frozen, described no garment.
+DEMO_INIT["source_encoder"] = {
+    "_class_name": "VAESourceEncoder",
+    "block_out_channels": [32, 48, 64],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "position_frequencies": 4,
+}
+DEMO_INIT["source_projector"] = {"in_dim": 80, "hidden_dim": 64, "out_dim": 64, "dropout": 0.2}
 DEMO_INIT["unet"].update(
     sample_size=[16, 12],
     block_out_channels=[64, 96, 128],

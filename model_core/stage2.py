@@ -4,7 +4,8 @@ The denoiser is a stock diffusers `UNet2DConditionModel`; FPDM conditions it thr
 1. fusion embedding -> `FusionProjector` (the reference's `mlp` head) -> the UNet's `identity`
    class embedding, added to the time embedding. Models of the first layout feed the embedding
    to diffusers' `projection` class embedding instead; they still load and sample as they did;
-2. source patch tokens (frozen encoder) -> `SourceProjector` -> cross-attention context;
+2. source patch tokens (frozen encoder: `SourceEncoder`, a timm ViT as in the reference, or
+   `VAESourceEncoder`, the demo's) -> `SourceProjector` -> cross-attention context;
 3. target skeleton -> `PoseEmbedding` (ControlNet-style) -> added to the output of `conv_in`.
 `denoise` is the one place that wires the three into a UNet call, for training and sampling.
 """
@@ -14,13 +15,17 @@ from __future__ import annotations
 import timm
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.vae import Encoder
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .errors import InputError
+from .images import PHOTO_FILL, pil_to_tensor, square_encoder_input
 
 
 class SourceEncoder(ModelMixin, ConfigMixin):
@@ -48,8 +53,109 @@ class SourceEncoder(ModelMixin, ConfigMixin):
     def hidden_size(self) -> int:
         return self.backbone.embed_dim
 
+    def pixels(self, fitted: Image.Image) -> torch.Tensor:
+        """The encoder's input from a photo at model resolution: padded square, normalised."""
+        config = self.config
+        return square_encoder_input(fitted, config.image_size, config.image_mean, config.image_std, PHOTO_FILL)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(pixels)
+
+
+# The layers of a diffusers VAE encoder that VAESourceEncoder has: all up to the feature map.
+VAE_FEATURE_LAYERS = ("conv_in", "down_blocks", "mid_block")
+
+
+class VAESourceEncoder(ModelMixin, ConfigMixin):
+    """The source's appearance as a VAE encoder's feature map: the layers of diffusers' VAE
+    encoder up to its mid block, one token per cell of the map, each token followed by the
+    cell's 2-D sinusoidal position. The demo's source encoder.
+
+    The reference freezes DINOv2 because it is pretrained. A model too small for such an encoder
+    (the demo: 64x48 px) takes its own VAE's encoder instead, pretrained on the catalog's photos
+    by the VAE's training (`copy_vae_encoder`), and frozen the same way; a random ViT, frozen,
+    gave stage 2 nothing to learn the garment from (the demo's model card measures both). Its
+    input is the photo at model resolution, not padded square, so the map keeps the figure's
+    layout; the positions say where each cell is, which the convolutions alone do not.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        block_out_channels: tuple[int, ...] = (32, 48, 64),
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        mid_block_add_attention: bool = True,
+        position_frequencies: int = 4,
+    ):
+        super().__init__()
+        encoder = Encoder(
+            in_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            mid_block_add_attention=mid_block_add_attention,
+        )
+        # The latent head (norm, conv_out) stays the VAE's: the tokens are the features before it.
+        self.conv_in, self.down_blocks, self.mid_block = encoder.conv_in, encoder.down_blocks, encoder.mid_block
+
+    @classmethod
+    def like_vae(cls, vae: AutoencoderKL, position_frequencies: int = 4) -> VAESourceEncoder:
+        """An encoder of the VAE's encoder layout, with its weights."""
+        config = vae.config
+        encoder = cls(
+            block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups,
+            mid_block_add_attention=config.get("mid_block_add_attention", True),
+            position_frequencies=position_frequencies,
+        )
+        encoder.copy_vae_encoder(vae)
+        return encoder
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.block_out_channels[-1] + 4 * self.config.position_frequencies
+
+    def copy_vae_encoder(self, vae: AutoencoderKL) -> None:
+        """Take the VAE encoder's weights (after the VAE's training, say); its layout must match."""
+        state = {k: v for k, v in vae.encoder.state_dict().items() if k.split(".")[0] in VAE_FEATURE_LAYERS}
+        try:
+            self.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise InputError(f"the source encoder's layout is not the VAE encoder's ({str(exc).splitlines()[0]})") from None
+
+    def pixels(self, fitted: Image.Image) -> torch.Tensor:
+        """The encoder's input from a photo at model resolution: in [-1, 1], as the VAE takes it."""
+        return pil_to_tensor(fitted) * 2 - 1
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.conv_in(pixels)
+        for block in self.down_blocks:
+            features = block(features)
+        features = self.mid_block(features)
+        batch, _, height, width = features.shape
+        tokens = features.flatten(2).transpose(1, 2)  # (B, H*W, C), row by row
+        position = grid_position(height, width, self.config.position_frequencies).to(tokens)
+        return torch.cat([tokens, position.expand(batch, -1, -1)], dim=-1)
+
+
+def grid_position(height: int, width: int, frequencies: int) -> torch.Tensor:
+    """(1, H*W, 4F): for each cell, row by row, sin and cos of pi 2^k y and of pi 2^k x, k < F,
+    where y and x are the cell centre's position in [0, 1]."""
+    y = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    x = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+    y, x = (grid.reshape(-1, 1) for grid in torch.meshgrid(y, x, indexing="ij"))
+    scales = torch.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32)
+    angles = torch.cat([y * scales, x * scales], dim=1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)[None]
+
+
+# The source encoders a model directory may hold, by the class name its config records.
+SOURCE_ENCODERS = {cls.__name__: cls for cls in (SourceEncoder, VAESourceEncoder)}
 
 
 class SourceProjector(ModelMixin, ConfigMixin):

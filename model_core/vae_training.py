@@ -18,6 +18,7 @@ from . import distributed
 from .distributed import Trainer, World
 from .loading import PhotoBatches
 from .pipeline_fpdm import FPDMPipeline
+from .stage2 import VAESourceEncoder
 from .training import (
     TrainResult,
     end_step,
@@ -109,6 +110,9 @@ def _train_vae(world: World, model, pair_list, out: Path, *, max_steps, epochs, 
             [vae.encode(torch.stack(images[i : i + 64]).to(world.device)).latent_dist.mean for i in range(0, len(images), 64)]
         )
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    if isinstance(pipe.source_encoder, VAESourceEncoder):
+        # The demo's source encoder is this VAE's encoder: pretrained here, frozen after.
+        pipe.source_encoder.copy_vae_encoder(vae)
     return TrainResult(save_final(pipe, run, world), total, {**record, "scaling_factor": vae.config.scaling_factor})
 
 

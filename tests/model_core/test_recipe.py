@@ -134,9 +134,9 @@ def test_model_directories_write_the_oldest_format_that_describes_them(tiny, tmp
     (tmp_path / "full" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(InputError, match="unknown component 'fusion_projector' for format_version 1"):
         FPDMPipeline.from_pretrained(tmp_path / "full")
-    index["format_version"] = 3
+    index["format_version"] = 4
     (tmp_path / "full" / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(InputError, match="format_version 3; this version of the code reads 1 and 2"):
+    with pytest.raises(InputError, match="format_version 4; this version of the code reads 1, 2 and 3"):
         FPDMPipeline.from_pretrained(tmp_path / "full")
 
 
