@@ -86,7 +86,7 @@ def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="diffusers scheduler class to sample with, e.g. DDIMScheduler or EulerDiscreteScheduler, built from "
         "the model's scheduler config (default: the model's own: DDPMScheduler for new models, as the reference "
-        "samples; DDIMScheduler for the demo)",
+        "samples; DDIMScheduler for models of the first format)",
     )
 
 

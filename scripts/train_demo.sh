@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Train the `demo` preset from scratch on the synthetic catalog and measure the ablation table of
 # its model card (model_core/trained/demo/README.md). Nothing is downloaded. On the project's
-# 2-core CPU machine the demo model takes about 42 minutes; with the ablation's stage-2-only
-# model and the evaluations, about an hour and a half.
+# 2-core CPU machine the demo model takes about 50 minutes (VAE 10, stage 2 about 40 alone); with
+# the ablation's stage-2-only model and the evaluations, about an hour and a half (the card's run
+# trained the two stage-2 models side by side, one thread each: 52 minutes for both).
 #
 #   ./scripts/train_demo.sh [WORKDIR]        default WORKDIR: demo_training/ in the repository
 #
@@ -32,19 +33,21 @@ step "$W/heldout-s2/pairs.csv" $FPDM synth --out "$W/heldout-s2" --pairs 120 --s
 step "$W/heldout-s4/pairs.csv" $FPDM synth --out "$W/heldout-s4" --pairs 120 --seed 4
 PAIRS=(--pairs "$W/train/pairs.csv")
 
-# The autoencoder: the demo-init architecture's VAE, fitted to the synthetic photos.
+# The autoencoder: the demo-init architecture's VAE, fitted to the synthetic photos; its encoder
+# becomes the source encoder (VAESourceEncoder), frozen in stage 2.
 step "$W/vae/model_index.json" $FPDM train vae --model demo-init "${PAIRS[@]}" --out "$W/vae" --resume \
     --max-steps 900 --batch-size 32 --lr 2e-3 "${CPU[@]}"
 # Stage 1: the fusion model (InfoNCE against the targets' embeddings).
 step "$W/stage1/model_index.json" $FPDM train fusion --model "$W/vae" "${PAIRS[@]}" --out "$W/stage1" --resume \
     --max-steps 200 --batch-size 64 --lr 1e-3 "${CPU[@]}"
-# Stage 2 with the fusion embedding: the demo model.
+# Stage 2 with the fusion embedding: the demo model. The reference's recipe (the defaults) except
+# the step decay, which at 55% of a run this short comes before the model has converged.
 step "$W/demo/model_index.json" $FPDM train diffusion --model "$W/stage1" "${PAIRS[@]}" --out "$W/demo" --resume \
-    --max-steps 2400 --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-fraction 0.04 --checkpoint-every 600 "${CPU[@]}"
+    --max-steps 2400 --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-fraction 0.04 --lr-decay-at 1 --checkpoint-every 600 "${CPU[@]}"
 # Stage 2 alone, the same recipe without stage 1: the ablation's stage-2-only model.
 step "$W/stage2only/model_index.json" $FPDM train diffusion --model "$W/vae" --stage2-only "${PAIRS[@]}" \
     --out "$W/stage2only" --resume --max-steps 2400 --batch-size 32 --grad-accum 1 --lr 3e-4 --warmup-fraction 0.04 \
-    --checkpoint-every 600 "${CPU[@]}"
+    --lr-decay-at 1 --checkpoint-every 600 "${CPU[@]}"
 
 # The ablation: every method on every held-out set, default sampling (20 steps, guidance 2).
 evaluate() { # evaluate NAME EVAL-OPTIONS...: fpdm eval --json into $W/eval/NAME.json unless it exists

@@ -1,6 +1,7 @@
 """The README's first command: `fpdm run manifests/example.csv --model demo` renders the example's
 15 variants with the trained demo preset, and they are pose variants of the garment: closer to
-the photo each should match (manifests/example/<garment>/truth/) than the source photo is."""
+the photo each should match (manifests/example/<garment>/truth/) than the source photo is, in
+the garment's colours, and most of them pass QC."""
 
 import json
 import os
@@ -64,6 +65,9 @@ def test_the_readme_command_renders_every_example_variant_in_its_target_pose(tmp
     assert mean(variant_scores, "pose_accuracy") > mean(source_scores, "pose_accuracy") + 0.1
     assert mean(variant_scores, "figure_iou") > mean(source_scores, "figure_iou") + 0.1
     # The garment carried over: a variant's colours are nearer its own source photo's than the
-    # other garments' (measured 14 against 23 Lab units; the colours of a random figure would
-    # be as far from all five).
-    assert np.mean(own_garment) < 0.75 * np.mean(other_garments)
+    # other garments' (measured 6 against 19 Lab units; the first demo, which lost the garment,
+    # 14 against 23; the colours of a random figure would be as far from all five).
+    assert np.mean(own_garment) < 0.5 * np.mean(other_garments)
+    # And QC passes most of them (measured: 12 pass, 2 review, 1 fail; the first demo: 1 pass).
+    qc = [json.loads((out / row.garment_id / f"{row.variant_id}.json").read_text())["qc"]["status"] for row in rows]
+    assert qc.count("pass") >= 10, qc

@@ -1,6 +1,6 @@
 """The reference's recipe in effect (docs/models-and-training.md, "Defaults and their sources"):
 DDPM sampling and the mlp fusion head for new models, with models of the first layout (the
-shipped `demo`) loading and sampling exactly as before."""
+first `demo`) loading and sampling exactly as before."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from model_core.stage2 import FusionProjector, SourceProjector
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "manifests" / "example" / "s3g0000-dots"
-# The demo's images for this source and these poses, sampled with the code before the recipe
-# (commit c7b9c7e): seed 7, 6 steps, one PNG strip of the two poses.
+# The first `demo` (shipped until 2026-12-04), a model directory of the first format, kept as
+# it was written; and its images for this source and these poses, sampled with the code before
+# the recipe (commit c7b9c7e): seed 7, 6 steps, one PNG strip of the two poses.
+DEMO_FORMAT1 = Path(__file__).parent / "data" / "demo_format1"
 DEMO_BEFORE_RECIPE = Path(__file__).parent / "data" / "demo_format1_sample.png"
 
 
@@ -145,7 +147,7 @@ def test_a_fusion_path_of_mixed_layouts_is_refused(tiny):
     common = dict(scheduler=tiny.scheduler, resolution=(64, 48))
     with pytest.raises(InputError, match="'identity': the model needs a fusion_projector part"):
         FPDMPipeline(**parts, **common)
-    demo = FPDMPipeline.from_pretrained("demo", device="cpu")
+    demo = FPDMPipeline.from_pretrained(DEMO_FORMAT1, device="cpu")
     with pytest.raises(
         InputError, match="fusion_projector part, which feeds an 'identity' class embedding; the UNet's is 'projection'"
     ):
@@ -158,8 +160,8 @@ def test_a_fusion_path_of_mixed_layouts_is_refused(tiny):
 # ----- models of the first layout ----------------------------------------------------------
 
 
-def test_the_demo_model_of_the_first_layout_loads_and_samples_exactly_as_before(example):
-    demo = FPDMPipeline.from_pretrained("demo", device="cpu")
+def test_the_first_demo_a_model_of_the_first_layout_loads_and_samples_exactly_as_before(example):
+    demo = FPDMPipeline.from_pretrained(DEMO_FORMAT1, device="cpu")
     assert demo.unet.config.class_embed_type == "projection" and demo.fusion_projector is None
     assert isinstance(demo.scheduler, DDIMScheduler) and demo.uses_fusion
     assert demo.source_projector.config.dropout == 0.1  # its own config, not the new default
