@@ -86,6 +86,11 @@ def assemble(
     out, sd_dir = Path(out), Path(sd_dir)
     clip_checkpoint, source_checkpoint = Path(clip_checkpoint), Path(source_checkpoint)
     config = preset_config(preset)
+    if config["source_encoder"].get("_class_name", SourceEncoder.__name__) != SourceEncoder.__name__:
+        raise InputError(
+            f"preset {preset!r}: its source encoder is a {config['source_encoder']['_class_name']}, which no public "
+            "checkpoint provides (it is trained with the model's VAE); assemble builds presets with a timm source encoder"
+        )
     # Recorded in the fusion config so that a model knows its CLIP is pretrained (QC uses it).
     config["fusion"]["clip_weights"] = clip_checkpoint.name
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -386,6 +386,8 @@ def test_sd_folder_problems(public, tmp_path):
 
     with pytest.raises(InputError, match="no such folder"):
         assemble(tmp_path / "model", tmp_path / "nowhere", public.clip_bin, public.timm_safetensors, preset="tiny")
+    with pytest.raises(InputError, match="preset 'demo-init': its source encoder is a VAESourceEncoder, which no public"):
+        assemble(tmp_path / "model", public.sd, public.clip_bin, public.timm_safetensors, preset="demo-init")
     with pytest.raises(InputError, match="no such checkpoint file"):
         assemble(tmp_path / "model", public.sd, tmp_path / "nowhere.bin", public.timm_safetensors, preset="tiny")
 
