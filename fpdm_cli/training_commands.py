@@ -144,7 +144,8 @@ def register_train(subparsers) -> None:
     )  # fmt: skip
     diffusion.add_argument(
         "--train-source-encoder", dest="train_source_encoder", action="store_true",
-        help="train the source encoder too (for a random-initialised one; a pretrained DINOv2 stays frozen)",
+        help="train the source encoder too (for a random-initialised one; a pretrained one, DINOv2 or the demo's "
+        "VAE encoder, stays frozen)",
     )  # fmt: skip
     diffusion.add_argument(
         "--no-augmentation", dest="no_augmentation", action="store_true",

@@ -511,7 +511,7 @@ def _source_encoder_class(config_file: Path) -> type:
         name = json.loads(config_file.read_text()).get("_class_name", SourceEncoder.__name__)
     except (OSError, ValueError, AttributeError) as exc:
         raise InputError(f"{config_file}: unreadable ({exc})") from None
-    if name not in SOURCE_ENCODERS:
+    if not isinstance(name, str) or name not in SOURCE_ENCODERS:
         raise InputError(f"{config_file}: unknown source encoder {str(name)[:80]!r}; known: {', '.join(SOURCE_ENCODERS)}")
     return SOURCE_ENCODERS[name]
 

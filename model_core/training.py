@@ -254,8 +254,9 @@ def train_diffusion(
       freezes the fusion model by requires_grad alone): a noisy fusion condition in training,
       a clean one at sampling, where every part is in eval mode.
     - `train_source_encoder`: train the source encoder with stage 2. The reference freezes it
-      because it is DINOv2, pretrained; a random-initialised encoder (the demo's) learns nothing
-      frozen, and the UNet then sees only what a random projection of the garment keeps.
+      because it is DINOv2, pretrained; a random-initialised encoder, frozen, gives the UNet only
+      what a random projection of the garment keeps. (The demo's is its VAE's encoder, which
+      `train_vae` pretrains: frozen, as the reference's.)
     - `augmentation`: the reference's four (model_core.augmentation); `Augmentation.off()` for none.
     - `precision`: see PRECISIONS; the frozen parts run under the same autocast.
     - Under torchrun, `batch_size` is the global micro-batch (`distributed`); `loader_workers`

@@ -133,7 +133,10 @@ class Lease:
                 version = storage.write_if(self.uri, mine.to_bytes(), None)
             else:
                 holder = LeaseRecord.from_bytes(found[0])
-                if holder is not None and not holder.expired(now) and holder.run_id != self.run_id:
+                # A live lease is taken over only by a later attempt at the same run (a Retry),
+                # never by another run, nor by an earlier attempt that outlived its Retry.
+                taker = holder is None or holder.run_id == self.run_id and holder.attempt <= self.attempt
+                if not taker and not holder.expired(now):
                     raise OutputBusy(f"{self.output} is in use by {holder.describe()}; try again when it has finished")
                 version = storage.write_if(self.uri, mine.to_bytes(), found[1])
             if version is not None:

@@ -90,6 +90,9 @@ def test_a_model_with_it_is_format_3_and_loads_back_as_it_was(demo_init, tmp_pat
     (out / "source_encoder" / "config.json").write_text(json.dumps({**config, "_class_name": "os.system"}))
     with pytest.raises(InputError, match="unknown source encoder 'os.system'; known: SourceEncoder, VAESourceEncoder"):
         FPDMPipeline.from_pretrained(out)
+    (out / "source_encoder" / "config.json").write_text(json.dumps({**config, "_class_name": ["VAESourceEncoder"]}))
+    with pytest.raises(InputError, match="unknown source encoder"):
+        FPDMPipeline.from_pretrained(out)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,14 @@ def test_an_expired_lease_is_taken_over_and_its_holder_learns_it(out):
     assert not crashed.renew() and crashed.lost
     crashed.release()
     assert current_holder(out).run_id == "run-b"
+    # One that releases without a renewal first (it does not know it lost) leaves it too.
+    taker.release()
+    quiet = Lease(out, "run-c", ttl_s=0.5)
+    quiet.acquire()
+    time.sleep(0.6)
+    Lease(out, "run-d").acquire()
+    quiet.release()
+    assert current_holder(out).run_id == "run-d"
 
 
 def test_a_retry_of_the_same_run_takes_over_its_own_lease(out):
@@ -55,6 +63,10 @@ def test_a_retry_of_the_same_run_takes_over_its_own_lease(out):
     assert (current_holder(out).run_id, current_holder(out).attempt) == ("run-a", 2)
     # The crashed attempt's shards stop taking chunks: the lease is the retry's now.
     assert held_by(out, "run-a", 2) and not held_by(out, "run-a", 1) and not held_by(out, "run-b", 2)
+    # The first attempt, still alive after all, cannot take it back.
+    with pytest.raises(OutputBusy, match="in use by run run-a"):
+        Lease(out, "run-a", attempt=1).acquire()
+    assert held_by(out, "run-a", 2)
 
 
 def test_the_heartbeat_keeps_a_working_run_s_lease_and_release_ends_it(out):
