@@ -126,7 +126,7 @@ FPDM_SD21 = {
 }
 
 # The demo's architecture: tiny's encoders, a VAE that downsamples 4x (16x12 latents keep a
-# 64x48 figure's limbs apart) and a three-level UNet; about 5.8 M parameters, 23 MB in float32.
+# 64x48 figure's limbs apart) and a three-level UNet; about 6.0 M parameters, 24 MB in float32.
 # Trained from this random initialisation on the synthetic catalog (`fpdm synth`), it becomes
 # the `demo` preset: see model_core/trained/demo/README.md for how.
 DEMO_INIT = copy.deepcopy(TINY)
