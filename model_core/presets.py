@@ -125,7 +125,7 @@ FPDM_SD21 = {
     "scheduler": dict(_SD_DDPM, prediction_type="v_prediction"),
 }
 
-# The demo's architecture: tiny's encoders, a VAE that downsamples 4x (16x12 latents keep a
+# The demo's architecture: tiny's fusion encoder, a VAE that downsamples 4x (16x12 latents keep a
 # 64x48 figure's limbs apart) and a three-level UNet; about 6.0 M parameters, 24 MB in float32.
 # Trained from this random initialisation on the synthetic catalog (`fpdm synth`), it becomes
 # the `demo` preset: see model_core/trained/demo/README.md for how.
